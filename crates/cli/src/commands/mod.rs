@@ -1,0 +1,6 @@
+//! One module per subcommand group.
+
+pub mod key;
+pub mod nar;
+pub mod narinfo;
+pub mod store_path;

@@ -1,0 +1,81 @@
+//! `cairn`: the one binary. Parses the command line, sets up logging, and
+//! hands each subcommand to its module. Library crates do the work; this
+//! crate only wires them together and turns errors into exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Cairn stores Nix build outputs as content-addressed blobs and
+/// directories, and speaks Nix's own formats (NAR, narinfo, store paths)
+/// byte for byte.
+///
+/// Exit status: 0 on success, 1 when the command failed (the reason is one
+/// line on stderr), 2 when the command line itself is wrong.
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with NAR archives: dump, restore, hash and list them.
+    #[command(subcommand)]
+    Nar(commands::nar::NarCommand),
+    /// Print the store path `nix-store --add PATH` would create, without adding it.
+    StorePath(commands::store_path::StorePathArgs),
+    /// Manage binary-cache signing keys.
+    #[command(subcommand)]
+    Key(commands::key::KeyCommand),
+    /// Sign and verify narinfo files.
+    #[command(subcommand)]
+    Narinfo(commands::narinfo::NarinfoCommand),
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Nar(cmd) => commands::nar::run(cmd),
+        Command::StorePath(args) => commands::store_path::run(args),
+        Command::Key(cmd) => commands::key::run(cmd),
+        Command::Narinfo(cmd) => commands::narinfo::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, outermost context first, so scripts can log it as is.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! NAR writers: a shared encoder that validates call order and names, and
+//! the sync writer over `std::io::Write`.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+
+use super::{
+    check_order, padding_len, validate_entry_name, validate_symlink_target, Malformed, MAGIC,
+};
+
+/// Why a NAR could not be written.
+#[derive(Debug, Error)]
+pub enum NarWriteError {
+    /// The destination or a content source failed.
+    #[error("writing NAR: {0}")]
+    Io(#[from] io::Error),
+    /// A name or target that no valid NAR may contain, or entries out of order.
+    #[error("cannot write NAR: {0}")]
+    Invalid(#[from] Malformed),
+    /// A file's source yielded a different number of bytes than announced
+    /// (typically: the file changed while being archived).
+    #[error("file contents changed while writing: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Announced size.
+        expected: u64,
+        /// Bytes the source produced.
+        actual: u64,
+    },
+    /// Calls out of grammar order (a bug in the caller).
+    #[error("NAR writer misuse: {0}")]
+    Misuse(&'static str),
+}
+
+/// Files up to this size are copied into the output queue, not streamed.
+const SMALL_FILE: u64 = 64 * 1024;
+/// Queued output is written once it reaches this size.
+pub(crate) const QUEUE_LIMIT: usize = 128 * 1024;
+
+/// Appends a length-prefixed, zero-padded string.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.extend_from_slice(&[0u8; 8][..padding_len(s.len() as u64)]);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Node,
+    EntryOrEnd,
+    Done,
+}
+
+/// The grammar side of writing: what may come next, and the bytes of each
+/// structural piece. Sync and async writers only add the I/O.
+#[derive(Debug)]
+pub(crate) struct Encoder {
+    expect: Expect,
+    /// Last entry name of each open directory (empty: none yet).
+    open_dirs: Vec<Vec<u8>>,
+    /// Bytes queued for output.
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub(crate) fn new() -> Self {
+        let mut buf = Vec::with_capacity(256);
+        put_str(&mut buf, MAGIC);
+        Encoder {
+            expect: Expect::Node,
+            open_dirs: Vec::new(),
+            buf,
+        }
+    }
+
+    fn want(&self, e: Expect, what: &'static str) -> Result<(), NarWriteError> {
+        if self.expect == e {
+            Ok(())
+        } else {
+            Err(NarWriteError::Misuse(what))
+        }
+    }
+
+    fn node_done(&mut self) {
+        if self.open_dirs.is_empty() {
+            self.expect = Expect::Done;
+        } else {
+            put_str(&mut self.buf, b")");
+            self.expect = Expect::EntryOrEnd;
+        }
+    }
+
+    pub(crate) fn file_header(&mut self, executable: bool, size: u64) -> Result<(), NarWriteError> {
+        self.want(Expect::Node, "a file where no node may start")?;
+        for t in [&b"("[..], b"type", b"regular"] {
+            put_str(&mut self.buf, t);
+        }
+        if executable {
+            put_str(&mut self.buf, b"executable");
+            put_str(&mut self.buf, b"");
+        }
+        put_str(&mut self.buf, b"contents");
+        self.buf.extend_from_slice(&size.to_le_bytes());
+        Ok(())
+    }
+
+    pub(crate) fn file_trailer(&mut self, size: u64) {
+        self.buf.extend_from_slice(&[0u8; 8][..padding_len(size)]);
+        put_str(&mut self.buf, b")");
+        self.node_done();
+    }
+
+    pub(crate) fn symlink(&mut self, target: &[u8]) -> Result<(), NarWriteError> {
+        self.want(Expect::Node, "a symlink where no node may start")?;
+        validate_symlink_target(target)?;
+        for t in [&b"("[..], b"type", b"symlink", b"target", target, b")"] {
+            put_str(&mut self.buf, t);
+        }
+        self.node_done();
+        Ok(())
+    }
+
+    pub(crate) fn directory(&mut self) -> Result<(), NarWriteError> {
+        self.want(Expect::Node, "a directory where no node may start")?;
+        for t in [&b"("[..], b"type", b"directory"] {
+            put_str(&mut self.buf, t);
+        }
+        self.open_dirs.push(Vec::new());
+        self.expect = Expect::EntryOrEnd;
+        Ok(())
+    }
+
+    pub(crate) fn entry(&mut self, name: &[u8]) -> Result<(), NarWriteError> {
+        self.want(Expect::EntryOrEnd, "an entry outside a directory")?;
+        validate_entry_name(name)?;
+        let last = self
+            .open_dirs
+            .last_mut()
+            .ok_or(NarWriteError::Misuse("an entry outside a directory"))?;
+        if !last.is_empty() {
+            check_order(last, name)?;
+        }
+        last.clear();
+        last.extend_from_slice(name);
+        for t in [&b"entry"[..], b"(", b"name", name, b"node"] {
+            put_str(&mut self.buf, t);
+        }
+        self.expect = Expect::Node;
+        Ok(())
+    }
+
+    pub(crate) fn end_directory(&mut self) -> Result<(), NarWriteError> {
+        self.want(Expect::EntryOrEnd, "end of a directory that is not open")?;
+        self.open_dirs.pop();
+        put_str(&mut self.buf, b")");
+        self.node_done();
+        Ok(())
+    }
+
+    pub(crate) fn check_done(&self) -> Result<(), NarWriteError> {
+        self.want(Expect::Done, "finish before the root node is complete")
+    }
+}
+
+/// Writes a NAR to any `Write`, node by node, in archive order.
+///
+/// Entries must be added in strictly ascending byte order; names and
+/// targets are validated, so the output is always a NAR that Cairn's own
+/// reader accepts. Small structural writes are batched; file contents are
+/// copied straight from their source (on Linux, `std::io::copy` may splice
+/// file-to-pipe without passing through user space).
+pub struct NarWriter<W: Write> {
+    out: W,
+    enc: Encoder,
+}
+
+impl<W: Write> NarWriter<W> {
+    /// Starts a NAR (the magic is written with the first node).
+    pub fn new(out: W) -> Self {
+        NarWriter {
+            out,
+            enc: Encoder::new(),
+        }
+    }
+
+    fn flush_queued(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.enc.buf)?;
+        self.enc.buf.clear();
+        Ok(())
+    }
+
+    /// A regular file of `size` bytes read from `contents`, which must yield
+    /// exactly that many bytes.
+    pub fn file(
+        &mut self,
+        executable: bool,
+        size: u64,
+        contents: &mut impl Read,
+    ) -> Result<(), NarWriteError> {
+        self.enc.file_header(executable, size)?;
+        let mut source = (&mut *contents).take(size);
+        let copied = if size <= SMALL_FILE {
+            // Small files join the queued structure: one write for many files.
+            source.read_to_end(&mut self.enc.buf)? as u64
+        } else {
+            self.flush_queued()?;
+            io::copy(&mut source, &mut self.out)?
+        };
+        if copied != size {
+            return Err(NarWriteError::SizeMismatch {
+                expected: size,
+                actual: copied,
+            });
+        }
+        self.enc.file_trailer(size);
+        self.maybe_flush()
+    }
+
+    /// A regular file whose contents are in memory.
+    pub fn file_bytes(&mut self, executable: bool, contents: &[u8]) -> Result<(), NarWriteError> {
+        let mut src = contents;
+        self.file(executable, contents.len() as u64, &mut src)
+    }
+
+    /// A symbolic link.
+    pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarWriteError> {
+        self.enc.symlink(target)?;
+        self.maybe_flush()
+    }
+
+    /// Opens a directory; follow with `entry` + node pairs, then `end_directory`.
+    pub fn directory(&mut self) -> Result<(), NarWriteError> {
+        self.enc.directory()?;
+        self.maybe_flush()
+    }
+
+    /// Names the next node inside the open directory.
+    pub fn entry(&mut self, name: &[u8]) -> Result<(), NarWriteError> {
+        self.enc.entry(name)?;
+        self.maybe_flush()
+    }
+
+    /// Closes the innermost open directory.
+    pub fn end_directory(&mut self) -> Result<(), NarWriteError> {
+        self.enc.end_directory()?;
+        self.maybe_flush()
+    }
+
+    /// Checks the archive is complete, flushes, and returns the destination.
+    pub fn finish(mut self) -> Result<W, NarWriteError> {
+        self.enc.check_done()?;
+        self.flush_queued()?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Structural bytes are queued so that a tree of small files costs few
+    /// writes even on an unbuffered destination.
+    fn maybe_flush(&mut self) -> Result<(), NarWriteError> {
+        if self.enc.buf.len() >= QUEUE_LIMIT {
+            self.flush_queued()?;
+        }
+        Ok(())
+    }
+}
