@@ -169,3 +169,290 @@ pub fn generated_trees(dir: &Path) -> Vec<PathBuf> {
     roots.push(root);
     roots
 }
+
+/// Hand-made NARs, valid and invalid, built token by token so that they can
+/// contain exactly the mistakes a writer would refuse to make.
+pub mod nar_corpus {
+    /// Appends one NAR string: u64 length, bytes, zero padding to 8.
+    pub fn token(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s);
+        out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+    }
+
+    /// A NAR from a list of tokens.
+    pub fn nar(tokens: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for t in tokens {
+            token(&mut out, t);
+        }
+        out
+    }
+
+    /// Tokens of a directory holding the given `(name, node tokens)` entries.
+    pub fn dir(entries: &[(&[u8], Vec<&'static [u8]>)]) -> Vec<Vec<u8>> {
+        let mut t: Vec<Vec<u8>> = ["(", "type", "directory"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        for (name, node) in entries {
+            t.extend(["entry", "(", "name"].iter().map(|s| s.as_bytes().to_vec()));
+            t.push(name.to_vec());
+            t.push(b"node".to_vec());
+            t.extend(node.iter().map(|s| s.to_vec()));
+            t.push(b")".to_vec());
+        }
+        t.push(b")".to_vec());
+        t
+    }
+
+    fn file(contents: &'static [u8]) -> Vec<&'static [u8]> {
+        vec![b"(", b"type", b"regular", b"contents", contents, b")"]
+    }
+
+    fn with_magic(tokens: Vec<Vec<u8>>) -> Vec<u8> {
+        let mut all: Vec<&[u8]> = vec![b"nix-archive-1"];
+        all.extend(tokens.iter().map(|t| t.as_slice()));
+        nar(&all)
+    }
+
+    /// A small valid NAR: a directory with a file, an executable, a symlink
+    /// and an empty subdirectory.
+    pub fn valid() -> Vec<u8> {
+        with_magic(dir(&[
+            (b"a", file(b"hello")),
+            (
+                b"b",
+                vec![
+                    b"(",
+                    b"type",
+                    b"regular",
+                    b"executable",
+                    b"",
+                    b"contents",
+                    b"#!x",
+                    b")",
+                ],
+            ),
+            (b"c", vec![b"(", b"type", b"symlink", b"target", b"a", b")"]),
+            (b"d", vec![b"(", b"type", b"directory", b")"]),
+        ]))
+    }
+
+    /// Every malformation the reader must refuse, by name. None of them may
+    /// be restored, even partially.
+    pub fn malformed() -> Vec<(&'static str, Vec<u8>)> {
+        let mut cases = vec![
+            ("empty input", Vec::new()),
+            (
+                "bad magic",
+                nar(&[
+                    b"nix-archive-2",
+                    b"(",
+                    b"type",
+                    b"regular",
+                    b"contents",
+                    b"",
+                    b")",
+                ]),
+            ),
+            (
+                "wrong token",
+                nar(&[
+                    b"nix-archive-1",
+                    b"(",
+                    b"typ",
+                    b"regular",
+                    b"contents",
+                    b"",
+                    b")",
+                ]),
+            ),
+            (
+                "unknown node type",
+                nar(&[b"nix-archive-1", b"(", b"type", b"fifo", b")"]),
+            ),
+            (
+                "unsorted names",
+                with_magic(dir(&[(b"b", file(b"1")), (b"a", file(b"2"))])),
+            ),
+            (
+                "duplicate names",
+                with_magic(dir(&[(b"a", file(b"1")), (b"a", file(b"2"))])),
+            ),
+            (
+                "duplicate names across types",
+                with_magic(dir(&[
+                    (b"a", file(b"1")),
+                    (b"a", vec![b"(", b"type", b"directory", b")"]),
+                ])),
+            ),
+            ("name .", with_magic(dir(&[(b".", file(b"1"))]))),
+            ("name ..", with_magic(dir(&[(b"..", file(b"1"))]))),
+            ("name with slash", with_magic(dir(&[(b"a/b", file(b"1"))]))),
+            (
+                "path traversal name",
+                with_magic(dir(&[(b"../../etc/passwd", file(b"1"))])),
+            ),
+            ("name with NUL", with_magic(dir(&[(b"a\0b", file(b"1"))]))),
+            ("empty name", with_magic(dir(&[(b"", file(b"1"))]))),
+            ("entry without node", {
+                let mut t = dir(&[]);
+                t.pop();
+                t.extend([
+                    b"entry".to_vec(),
+                    b"(".to_vec(),
+                    b"name".to_vec(),
+                    b"x".to_vec(),
+                    b")".to_vec(),
+                    b")".to_vec(),
+                ]);
+                with_magic(t)
+            }),
+            (
+                "symlink without target",
+                nar(&[b"nix-archive-1", b"(", b"type", b"symlink", b")"]),
+            ),
+            (
+                "empty symlink target",
+                nar(&[
+                    b"nix-archive-1",
+                    b"(",
+                    b"type",
+                    b"symlink",
+                    b"target",
+                    b"",
+                    b")",
+                ]),
+            ),
+            (
+                "symlink target with NUL",
+                nar(&[
+                    b"nix-archive-1",
+                    b"(",
+                    b"type",
+                    b"symlink",
+                    b"target",
+                    b"a\0b",
+                    b")",
+                ]),
+            ),
+            (
+                "executable flag without empty string",
+                nar(&[
+                    b"nix-archive-1",
+                    b"(",
+                    b"type",
+                    b"regular",
+                    b"executable",
+                    b"contents",
+                    b"x",
+                    b")",
+                ]),
+            ),
+            (
+                "missing close paren",
+                nar(&[
+                    b"nix-archive-1",
+                    b"(",
+                    b"type",
+                    b"regular",
+                    b"contents",
+                    b"x",
+                ]),
+            ),
+        ];
+        let mut long_name = with_magic(dir(&[]));
+        long_name.truncate(long_name.len() - 16);
+        let mut t = Vec::new();
+        for s in [&b"entry"[..], b"(", b"name", &[b'n'; 256], b"node"] {
+            token(&mut t, s);
+        }
+        long_name.extend(t);
+        cases.push(("name longer than 255 bytes", long_name));
+
+        let long_target = {
+            let target = vec![b'x'; 4096];
+            nar(&[
+                b"nix-archive-1",
+                b"(",
+                b"type",
+                b"symlink",
+                b"target",
+                &target,
+                b")",
+            ])
+        };
+        cases.push(("symlink target longer than 4095 bytes", long_target));
+
+        let mut padding = nar(&[
+            b"nix-archive-1",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+            b"abc",
+            b")",
+        ]);
+        // The last byte before the closing ")" token (16 bytes) is padding of "abc".
+        let at = padding.len() - 17;
+        padding[at] = 1;
+        cases.push(("non-zero padding", padding));
+
+        let mut trailing = valid();
+        trailing.extend_from_slice(&[0; 8]);
+        cases.push(("trailing bytes", trailing));
+        let mut trailing_one = valid();
+        trailing_one.push(b'x');
+        cases.push(("one trailing byte", trailing_one));
+
+        let absurd = |len: u64, prefix: &[&[u8]]| {
+            let mut v = nar(prefix);
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(b"only a few bytes follow");
+            v
+        };
+        cases.push((
+            "absurd keyword length",
+            absurd(u64::MAX, &[b"nix-archive-1", b"("]),
+        ));
+        cases.push(("absurd magic length", absurd(u64::MAX, &[])));
+        cases.push((
+            "absurd contents length",
+            absurd(
+                u64::MAX,
+                &[b"nix-archive-1", b"(", b"type", b"regular", b"contents"],
+            ),
+        ));
+        cases.push((
+            "absurd target length",
+            absurd(
+                1 << 40,
+                &[b"nix-archive-1", b"(", b"type", b"symlink", b"target"],
+            ),
+        ));
+        cases.push(("absurd name length", {
+            let mut v = with_magic(dir(&[]));
+            v.truncate(v.len() - 16);
+            for s in [&b"entry"[..], b"(", b"name"] {
+                token(&mut v, s);
+            }
+            v.extend_from_slice(&u64::MAX.to_le_bytes());
+            v
+        }));
+        cases
+    }
+
+    /// Every prefix of `nar` that ends on an 8-byte boundary (all token
+    /// boundaries are among them), plus a few cut inside a token.
+    pub fn truncations(nar: &[u8]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = (0..nar.len()).step_by(8).collect();
+        cuts.extend([1, 7, 9, 13, nar.len() - 1, nar.len() - 3]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.into_iter()
+            .filter(|&c| c < nar.len())
+            .map(|c| nar[..c].to_vec())
+            .collect()
+    }
+}
