@@ -144,30 +144,36 @@ pub fn restore_atomically<R: BufRead>(source: R, dest: &Path) -> Result<(), Rest
     }
     let temp = temp_sibling(dest);
     restore(source, &temp)?;
-    let parent = temp.parent().unwrap_or(Path::new("."));
+    publish(&temp, dest).map_err(|err| {
+        if err.kind() == io::ErrorKind::AlreadyExists {
+            RestoreError::Exists(dest.to_owned())
+        } else {
+            RestoreError::Io {
+                path: dest.to_owned(),
+                source: err,
+            }
+        }
+    })
+}
+
+/// Renames a completed `temp` tree to `dest`, refusing to replace anything
+/// already there (`RENAME_NOREPLACE`); on failure `temp` is removed.
+pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
     let renamed = rustix::fs::renameat_with(
         rustix::fs::CWD,
-        &temp,
+        temp,
         rustix::fs::CWD,
         dest,
         rustix::fs::RenameFlags::NOREPLACE,
     );
-    if let Err(errno) = renamed {
-        remove_tree(&temp);
-        let err = io::Error::from(errno);
-        if err.kind() == io::ErrorKind::AlreadyExists {
-            return Err(RestoreError::Exists(dest.to_owned()));
-        }
-        return Err(RestoreError::Io {
-            path: parent.to_owned(),
-            source: err,
-        });
-    }
-    Ok(())
+    renamed.map_err(|errno| {
+        remove_tree(temp);
+        io::Error::from(errno)
+    })
 }
 
 /// `<parent>/.<name>.cairn-tmp-<pid>-<n>`: hidden, recognisable, unique per call.
-fn temp_sibling(dest: &Path) -> PathBuf {
+pub fn temp_sibling(dest: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +184,8 @@ fn temp_sibling(dest: &Path) -> PathBuf {
     dest.with_file_name(temp_name)
 }
 
-fn remove_tree(path: &Path) {
+/// Removes a file, symlink or directory tree, ignoring errors (cleanup only).
+pub fn remove_tree(path: &Path) {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             let _ = fs::remove_dir_all(path);

@@ -1,0 +1,89 @@
+//! The BlobService trait and its backends.
+//!
+//! A blob is a byte string named by its BLAKE3 digest. Backends may store a
+//! blob as content-defined chunks (each itself a blob, named by its own
+//! digest); chunk boundaries never change a blob's digest. Every byte a
+//! reader returns has been verified against the digest it was stored under.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncSeek};
+
+use crate::{B3Digest, Error};
+
+pub mod chunker;
+mod memory;
+mod objects;
+
+pub use memory::MemoryBlobService;
+pub use objects::{Compression, ObjectsBlobService};
+
+/// One piece of a chunked blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// The chunk's own digest; readable as a blob.
+    pub digest: B3Digest,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// A seekable reader of one blob's verified bytes.
+pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {}
+impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}
+
+/// Receives a blob's bytes; `close` makes it visible and names it.
+///
+/// Dropping a writer without closing it discards what was written: nothing
+/// becomes visible as the blob.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+    /// Finishes the blob and returns its digest. Only after this returns is
+    /// the blob visible to `has` and `open_read`.
+    async fn close(self: Box<Self>) -> Result<B3Digest, Error>;
+}
+
+/// Where blobs live.
+#[async_trait]
+pub trait BlobService: Send + Sync {
+    /// Whether the blob exists.
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error>;
+    /// A reader for the blob, or `None` if it does not exist.
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
+    /// A writer for a new blob.
+    async fn open_write(&self) -> Box<dyn BlobWriter>;
+    /// The blob's chunks: `None` if the blob does not exist, an empty list
+    /// if it has no finer chunks.
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+    /// Makes everything written so far durable (before metadata that refers
+    /// to it is committed). A no-op for backends that are durable per write.
+    async fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Writes `data` as one blob and returns its digest.
+pub async fn put_bytes(service: &dyn BlobService, data: &[u8]) -> Result<B3Digest, Error> {
+    let mut w = service.open_write().await;
+    w.write(data).await?;
+    w.close().await
+}
+
+/// Reads a whole blob into memory (for small blobs and tests).
+pub async fn read_to_vec(
+    service: &dyn BlobService,
+    digest: &B3Digest,
+) -> Result<Option<Vec<u8>>, Error> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = service.open_read(digest).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.map_err(Error::from_io)?;
+    Ok(Some(out))
+}
+
+/// Blob services are shared between tasks.
+pub type SharedBlobService = Arc<dyn BlobService>;

@@ -1,0 +1,529 @@
+//! `objects:///PATH`: blobs as content-addressed files on a local disk.
+//!
+//! Layout under PATH:
+//! - `chunks/<2 hex>/<64 hex>`: one file per chunk, named by the BLAKE3 of
+//!   its uncompressed bytes; a one-byte tag (0 raw, 1 zstd) then the data.
+//! - `blobs/<2 hex>/<64 hex>`: the chunk list of a blob made of more than
+//!   one chunk (a blob of one chunk is that chunk's file).
+//! - `tmp/`: files being written. Everything is written there and renamed
+//!   into place complete, so a killed writer leaves only temp files, never
+//!   a partial object under its final name.
+//!
+//! Why files and not a database: chunks are large, immutable and never
+//! updated; the filesystem stores them with no write amplification, `cp`
+//! and `rsync` back them up, and any number of processes can read and
+//! write concurrently because same name means same bytes.
+
+use std::fs;
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+use tokio::task::JoinHandle;
+
+use super::chunker;
+use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use crate::{B3Digest, Error};
+
+/// How chunk files are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As they are.
+    #[default]
+    None,
+    /// zstd, kept only where it saves space.
+    Zstd,
+}
+
+const TAG_RAW: u8 = 0;
+const TAG_ZSTD: u8 = 1;
+const LIST_MAGIC: &[u8; 8] = b"cairnbl1";
+/// Buffered bytes before chunks are cut and written.
+const FLUSH_AT: usize = 4 * 1024 * 1024;
+
+struct Inner {
+    root: PathBuf,
+    compression: Compression,
+    tmp_counter: AtomicU64,
+}
+
+/// Blobs and chunks as files below a directory.
+#[derive(Clone)]
+pub struct ObjectsBlobService {
+    inner: Arc<Inner>,
+}
+
+impl ObjectsBlobService {
+    /// Opens (creating if needed) an object directory.
+    pub fn open(root: &Path, compression: Compression) -> Result<Self, Error> {
+        for sub in ["chunks", "blobs", "tmp"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        clean_stale_temp_files(&root.join("tmp"));
+        Ok(ObjectsBlobService {
+            inner: Arc::new(Inner {
+                root: root.to_owned(),
+                compression,
+                tmp_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// Temp files older than a day belong to writers that died; younger ones
+/// may belong to a writer in another process.
+fn clean_stale_temp_files(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+impl Inner {
+    fn object_path(&self, kind: &str, digest: &B3Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join(kind).join(&hex[..2]).join(hex)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Writes `contents` under `kind/<digest>` via a temp file and rename.
+    fn write_object(&self, kind: &str, digest: &B3Digest, contents: &[&[u8]]) -> Result<(), Error> {
+        let dest = self.object_path(kind, digest);
+        if dest.exists() {
+            return Ok(()); // same name, same bytes
+        }
+        let tmp = self.temp_path();
+        let result = (|| -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            for part in contents {
+                f.write_all(part)?;
+            }
+            drop(f);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Storage(format!("writing {}: {e}", dest.display())));
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&self, data: &[u8]) -> Result<ChunkMeta, Error> {
+        let digest = B3Digest::of(data);
+        let meta = ChunkMeta {
+            digest,
+            size: data.len() as u64,
+        };
+        if self.object_path("chunks", &digest).exists() {
+            return Ok(meta);
+        }
+        if self.compression == Compression::Zstd {
+            let packed = zstd::bulk::compress(data, 3).map_err(Error::Io)?;
+            if packed.len() < data.len() {
+                self.write_object("chunks", &digest, &[&[TAG_ZSTD], &packed])?;
+                return Ok(meta);
+            }
+        }
+        self.write_object("chunks", &digest, &[&[TAG_RAW], data])?;
+        Ok(meta)
+    }
+
+    /// Reads a chunk and checks it hashes to its name.
+    fn read_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+        let path = self.object_path("chunks", digest);
+        let raw = match fs::read(&path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        let corrupt = |detail: String| Error::Integrity {
+            digest: *digest,
+            detail: format!("chunk file {}: {detail}", path.display()),
+        };
+        let data = match raw.split_first() {
+            Some((&TAG_RAW, rest)) => rest.to_vec(),
+            Some((&TAG_ZSTD, rest)) => {
+                zstd::stream::decode_all(rest).map_err(|e| corrupt(format!("zstd: {e}")))?
+            }
+            Some((tag, _)) => return Err(corrupt(format!("unknown format tag {tag}"))),
+            None => return Err(corrupt("empty file".into())),
+        };
+        let actual = B3Digest::of(&data);
+        if actual != *digest {
+            return Err(corrupt(format!("contents hash to {actual}")));
+        }
+        Ok(Some(Bytes::from(data)))
+    }
+
+    fn write_list(&self, digest: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error> {
+        let mut body = Vec::with_capacity(8 + chunks.len() * 40 + 32);
+        body.extend_from_slice(LIST_MAGIC);
+        for c in chunks {
+            body.extend_from_slice(c.digest.as_bytes());
+            body.extend_from_slice(&c.size.to_le_bytes());
+        }
+        // A checksum of the list itself: a damaged list is detected, not followed.
+        let check = B3Digest::of(&body);
+        self.write_object("blobs", digest, &[&body, check.as_bytes()])
+    }
+
+    fn read_list(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        let path = self.object_path("blobs", digest);
+        let raw = match fs::read(&path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io(e)),
+        };
+        let corrupt = |detail: &str| Error::Integrity {
+            digest: *digest,
+            detail: format!("chunk list {}: {detail}", path.display()),
+        };
+        if raw.len() < 8 + 32 || (raw.len() - 8 - 32) % 40 != 0 || &raw[..8] != LIST_MAGIC {
+            return Err(corrupt("malformed"));
+        }
+        let (body, check) = raw.split_at(raw.len() - 32);
+        if B3Digest::of(body).as_bytes() != check {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let chunks = body[8..]
+            .chunks_exact(40)
+            .map(|rec| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&rec[..32]);
+                let mut s = [0u8; 8];
+                s.copy_from_slice(&rec[32..]);
+                ChunkMeta {
+                    digest: B3Digest::from(d),
+                    size: u64::from_le_bytes(s),
+                }
+            })
+            .collect();
+        Ok(Some(chunks))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage(format!("blocking task failed: {e}")))?
+}
+
+#[async_trait]
+impl BlobService for ObjectsBlobService {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        let inner = self.inner.clone();
+        let digest = *digest;
+        blocking(move || {
+            Ok(inner.object_path("blobs", &digest).exists()
+                || inner.object_path("chunks", &digest).exists())
+        })
+        .await
+    }
+
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        let inner = self.inner.clone();
+        let d = *digest;
+        let found = blocking(move || match inner.read_list(&d)? {
+            Some(list) => Ok(Some(Err(list))),
+            None => Ok(inner.read_chunk(&d)?.map(Ok)),
+        })
+        .await?;
+        Ok(match found {
+            None => None,
+            Some(Ok(whole)) => Some(Box::new(io::Cursor::new(whole))),
+            Some(Err(list)) => Some(Box::new(ChunkedReader::new(
+                self.inner.clone(),
+                *digest,
+                list,
+            ))),
+        })
+    }
+
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        Box::new(ObjectsBlobWriter {
+            inner: self.inner.clone(),
+            buf: Vec::new(),
+            hashed: 0,
+            hasher: Some(blake3::Hasher::new()),
+            chunks: Vec::new(),
+        })
+    }
+
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        let inner = self.inner.clone();
+        let d = *digest;
+        blocking(move || match inner.read_list(&d)? {
+            Some(list) => Ok(Some(list)),
+            None => Ok(inner.object_path("chunks", &d).exists().then(Vec::new)),
+        })
+        .await
+    }
+
+    async fn sync(&self) -> Result<(), Error> {
+        let root = self.inner.root.clone();
+        blocking(move || {
+            let dir = fs::File::open(&root)?;
+            rustix::fs::syncfs(&dir).map_err(|e| Error::Io(e.into()))
+        })
+        .await
+    }
+}
+
+struct ObjectsBlobWriter {
+    inner: Arc<Inner>,
+    /// Bytes not yet cut into chunks.
+    buf: Vec<u8>,
+    /// How much of `buf` the hasher has seen.
+    hashed: usize,
+    hasher: Option<blake3::Hasher>,
+    chunks: Vec<ChunkMeta>,
+}
+
+impl ObjectsBlobWriter {
+    /// Hashes and chunks what is buffered (all of it when `eof`) on a
+    /// blocking thread, writing chunk files as it goes.
+    async fn flush(&mut self, eof: bool) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        let buf = std::mem::take(&mut self.buf);
+        let hashed = self.hashed;
+        let mut hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?;
+        let (hasher, rest, chunks) = blocking(move || {
+            hasher.update(&buf[hashed..]);
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for len in chunker::cut(&buf, eof) {
+                chunks.push(inner.write_chunk(&buf[start..start + len])?);
+                start += len;
+            }
+            Ok((hasher, buf[start..].to_vec(), chunks))
+        })
+        .await?;
+        self.hashed = rest.len();
+        self.buf = rest;
+        self.hasher = Some(hasher);
+        self.chunks.extend(chunks);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobWriter for ObjectsBlobWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= FLUSH_AT {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<B3Digest, Error> {
+        self.flush(true).await?;
+        let digest = B3Digest::from(
+            self.hasher
+                .take()
+                .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?
+                .finalize(),
+        );
+        let inner = self.inner.clone();
+        let chunks = std::mem::take(&mut self.chunks);
+        blocking(move || match chunks.len() {
+            // The empty blob is one empty chunk.
+            0 => inner.write_chunk(&[]).map(|_| ()),
+            // One chunk: the blob is that chunk, and its file is the blob.
+            1 => Ok(()),
+            _ => inner.write_list(&digest, &chunks),
+        })
+        .await?;
+        Ok(digest)
+    }
+}
+
+type ChunkLoad = JoinHandle<Result<Option<Bytes>, Error>>;
+
+/// Reads a chunked blob, loading (and verifying) one chunk at a time, with
+/// the next one prefetched. A read from start to end also checks the
+/// whole blob's digest.
+struct ChunkedReader {
+    inner: Arc<Inner>,
+    digest: B3Digest,
+    chunks: Vec<ChunkMeta>,
+    starts: Vec<u64>,
+    size: u64,
+    pos: u64,
+    current: Option<(usize, Bytes)>,
+    pending: Option<(usize, ChunkLoad)>,
+    whole: Option<blake3::Hasher>,
+    whole_upto: u64,
+}
+
+impl ChunkedReader {
+    fn new(inner: Arc<Inner>, digest: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut size = 0u64;
+        for c in &chunks {
+            starts.push(size);
+            size = size.saturating_add(c.size);
+        }
+        ChunkedReader {
+            inner,
+            digest,
+            chunks,
+            starts,
+            size,
+            pos: 0,
+            current: None,
+            pending: None,
+            whole: Some(blake3::Hasher::new()),
+            whole_upto: 0,
+        }
+    }
+
+    fn load(&self, idx: usize) -> ChunkLoad {
+        let inner = self.inner.clone();
+        let meta = self.chunks[idx];
+        tokio::task::spawn_blocking(move || inner.read_chunk(&meta.digest))
+    }
+
+    fn chunk_index(&self, pos: u64) -> usize {
+        self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
+    }
+}
+
+impl AsyncRead for ChunkedReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.pos >= this.size || out.remaining() == 0 {
+                if this.pos >= this.size && this.whole_upto == this.size {
+                    if let Some(h) = this.whole.take() {
+                        let actual = B3Digest::from(h.finalize());
+                        if actual != this.digest {
+                            return Poll::Ready(Err(Error::Integrity {
+                                digest: this.digest,
+                                detail: format!("chunks concatenate to {actual}"),
+                            }
+                            .into_io()));
+                        }
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let idx = this.chunk_index(this.pos);
+            if let Some((i, data)) = &this.current {
+                if *i == idx {
+                    let meta = this.chunks[idx];
+                    if data.len() as u64 != meta.size {
+                        return Poll::Ready(Err(Error::Integrity {
+                            digest: this.digest,
+                            detail: format!(
+                                "chunk {} has {} bytes, list says {}",
+                                meta.digest,
+                                data.len(),
+                                meta.size
+                            ),
+                        }
+                        .into_io()));
+                    }
+                    let off = (this.pos - this.starts[idx]) as usize;
+                    let n = (data.len() - off).min(out.remaining());
+                    let piece = &data[off..off + n];
+                    out.put_slice(piece);
+                    if this.whole_upto == this.pos {
+                        if let Some(h) = this.whole.as_mut() {
+                            h.update(piece);
+                            this.whole_upto += n as u64;
+                        }
+                    }
+                    this.pos += n as u64;
+                    if this.pending.is_none() && idx + 1 < this.chunks.len() {
+                        this.pending = Some((idx + 1, this.load(idx + 1)));
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match &mut this.pending {
+                Some((i, handle)) if *i == idx => {
+                    let loaded = match Pin::new(handle).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    };
+                    this.pending = None;
+                    let meta = this.chunks[idx];
+                    let data = loaded
+                        .map_err(|e| io::Error::other(format!("chunk loader failed: {e}")))?
+                        .map_err(Error::into_io)?
+                        .ok_or_else(|| {
+                            Error::NotFound {
+                                what: "chunk",
+                                digest: meta.digest,
+                            }
+                            .into_io()
+                        })?;
+                    this.current = Some((idx, data));
+                }
+                _ => this.pending = Some((idx, this.load(idx))),
+            }
+        }
+    }
+}
+
+impl AsyncSeek for ChunkedReader {
+    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let target = match position {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(off) => self.size.checked_add_signed(off),
+            io::SeekFrom::Current(off) => self.pos.checked_add_signed(off),
+        };
+        let target = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            )
+        })?;
+        self.pos = target;
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
+    }
+}

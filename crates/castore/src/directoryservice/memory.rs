@@ -1,0 +1,74 @@
+//! `memory://`: directories in a hash map, for tests and short-lived processes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+
+use super::{ClosureValidator, DirectoryPutter, DirectoryService};
+use crate::{B3Digest, Directory, Error, SizeRule};
+
+type Map = Arc<RwLock<HashMap<B3Digest, Directory>>>;
+
+/// Directories held in memory.
+#[derive(Clone, Default)]
+pub struct MemoryDirectoryService {
+    dirs: Map,
+    rule: SizeRule,
+}
+
+impl MemoryDirectoryService {
+    /// An empty service validating with `rule`.
+    pub fn new(rule: SizeRule) -> Self {
+        MemoryDirectoryService {
+            dirs: Map::default(),
+            rule,
+        }
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Storage("memory directory map poisoned".into())
+}
+
+#[async_trait]
+impl DirectoryService for MemoryDirectoryService {
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
+        Ok(self
+            .dirs
+            .read()
+            .map_err(|_| poisoned())?
+            .get(digest)
+            .cloned())
+    }
+
+    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
+        Box::new(MemoryPutter {
+            dirs: self.dirs.clone(),
+            validator: ClosureValidator::new(self.rule),
+        })
+    }
+
+    fn size_rule(&self) -> SizeRule {
+        self.rule
+    }
+}
+
+struct MemoryPutter {
+    dirs: Map,
+    validator: ClosureValidator,
+}
+
+#[async_trait]
+impl DirectoryPutter for MemoryPutter {
+    async fn put(&mut self, directory: Directory) -> Result<(), Error> {
+        self.validator.add(directory)
+    }
+
+    async fn close(self: Box<Self>) -> Result<B3Digest, Error> {
+        let (root, dirs) = self.validator.finish()?;
+        let mut map = self.dirs.write().map_err(|_| poisoned())?;
+        map.extend(dirs);
+        Ok(root)
+    }
+}

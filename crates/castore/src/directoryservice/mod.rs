@@ -1,0 +1,162 @@
+//! The DirectoryService trait, closure validation, and backends.
+//!
+//! Directories are put as closures, leaves first, through a putter that
+//! checks the whole graph — every child sent before its parent, every
+//! declared size right under the store's [`SizeRule`], everything reachable
+//! from the root — before a single directory becomes visible.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crate::{B3Digest, Directory, Error, SizeRule};
+
+mod memory;
+mod redb;
+
+pub use memory::MemoryDirectoryService;
+pub use redb::RedbDirectoryService;
+
+/// Where directories live.
+#[async_trait]
+pub trait DirectoryService: Send + Sync {
+    /// One directory, verified against `digest`, or `None`.
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error>;
+
+    /// The directory and everything below it, breadth-first, each once,
+    /// parents before children. A missing directory is an error item.
+    fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
+        breadth_first(self, *root)
+    }
+
+    /// Starts putting a closure.
+    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_>;
+
+    /// The size rule this store validates with.
+    fn size_rule(&self) -> SizeRule;
+}
+
+/// Receives a closure leaves first; `close` validates it as a whole,
+/// commits it atomically and returns the root digest.
+#[async_trait]
+pub trait DirectoryPutter: Send {
+    /// Adds the next directory. Fails early if it refers to a directory not
+    /// sent before it, or declares a wrong size for one.
+    async fn put(&mut self, directory: Directory) -> Result<(), Error>;
+    /// Checks connectivity, commits, and returns the root (the last one put).
+    async fn close(self: Box<Self>) -> Result<B3Digest, Error>;
+}
+
+/// Puts one closure given leaves first; returns the root digest.
+pub async fn put_closure(
+    service: &dyn DirectoryService,
+    leaves_first: impl IntoIterator<Item = Directory>,
+) -> Result<B3Digest, Error> {
+    let mut putter = service.put_multiple_start();
+    for d in leaves_first {
+        putter.put(d).await?;
+    }
+    putter.close().await
+}
+
+/// Directory services are shared between tasks.
+pub type SharedDirectoryService = Arc<dyn DirectoryService>;
+
+fn breadth_first<S: DirectoryService + ?Sized>(
+    service: &S,
+    root: B3Digest,
+) -> BoxStream<'_, Result<Directory, Error>> {
+    let state = (VecDeque::from([root]), HashSet::from([root]));
+    futures::stream::try_unfold(state, move |(mut queue, mut seen)| async move {
+        let Some(digest) = queue.pop_front() else {
+            return Ok(None);
+        };
+        let dir = service.get(&digest).await?.ok_or(Error::NotFound {
+            what: "directory",
+            digest,
+        })?;
+        for (_, child, _) in dir.subdirectories() {
+            if seen.insert(*child) {
+                queue.push_back(*child);
+            }
+        }
+        Ok(Some((dir, (queue, seen))))
+    })
+    .boxed()
+}
+
+/// Checks a closure as it streams in, leaves first.
+pub struct ClosureValidator {
+    rule: SizeRule,
+    sizes: HashMap<B3Digest, u64>,
+    order: Vec<(B3Digest, Directory)>,
+}
+
+impl ClosureValidator {
+    /// A validator for a store using `rule`.
+    pub fn new(rule: SizeRule) -> Self {
+        ClosureValidator {
+            rule,
+            sizes: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Accepts the next directory, or says why not.
+    pub fn add(&mut self, dir: Directory) -> Result<(), Error> {
+        let digest = dir.digest();
+        for (name, child, declared) in dir.subdirectories() {
+            match self.sizes.get(child) {
+                None => {
+                    return Err(Error::InvalidClosure(format!(
+                        "directory {digest}: entry {name:?} refers to {child}, which was not sent before it"
+                    )))
+                }
+                Some(&size) if size != declared => {
+                    return Err(Error::InvalidClosure(format!(
+                        "directory {digest}: entry {name:?} declares size {declared}, but {child} has size {size} under the {} size rule",
+                        self.rule.name()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let size = dir.size(self.rule)?;
+        if self.sizes.insert(digest, size).is_none() {
+            self.order.push((digest, dir));
+        }
+        Ok(())
+    }
+
+    /// Checks that everything sent is reachable from the root (the last
+    /// directory added) and returns the root and the directories in the
+    /// order received.
+    pub fn finish(self) -> Result<(B3Digest, Vec<(B3Digest, Directory)>), Error> {
+        let Some((root, _)) = self.order.last() else {
+            return Err(Error::InvalidClosure("no directories were sent".into()));
+        };
+        let root = *root;
+        let by_digest: HashMap<&B3Digest, &Directory> =
+            self.order.iter().map(|(d, dir)| (d, dir)).collect();
+        let mut reached = HashSet::from([root]);
+        let mut queue = vec![root];
+        while let Some(d) = queue.pop() {
+            if let Some(dir) = by_digest.get(&d) {
+                for (_, child, _) in dir.subdirectories() {
+                    if reached.insert(*child) {
+                        queue.push(*child);
+                    }
+                }
+            }
+        }
+        if let Some((stray, _)) = self.order.iter().find(|(d, _)| !reached.contains(d)) {
+            return Err(Error::InvalidClosure(format!(
+                "directory {stray} is not reachable from the root {root}"
+            )));
+        }
+        Ok((root, self.order))
+    }
+}

@@ -1,0 +1,250 @@
+//! `redb:///PATH`: directories in an embedded redb database file.
+//!
+//! Why redb: directories are small, numerous and written in closures that
+//! must appear all at once; a single ACID write transaction per closure
+//! gives exactly that, crash-safe, with no server and no C dependencies.
+//! The database also records the store's size rule, so a store is never
+//! opened with the other one.
+//!
+//! redb allows one process at a time per file. A second process waits for
+//! the lock (logging that it waits) and gives up with a clear error after
+//! `CAIRN_LOCK_TIMEOUT` seconds (default 60).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{ClosureValidator, DirectoryPutter, DirectoryService};
+use crate::{B3Digest, Directory, Error, SizeRule};
+
+const DIRECTORIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("directories");
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+const SIZE_RULE_KEY: &str = "directory-size-rule";
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("directory database: {e}"))
+}
+
+/// Directories in a redb file.
+#[derive(Clone)]
+pub struct RedbDirectoryService {
+    db: Arc<Database>,
+    rule: SizeRule,
+    path: PathBuf,
+}
+
+impl RedbDirectoryService {
+    /// Opens or creates the database. `rule` is the size rule asked for:
+    /// a new database records it (default: documented); an existing one
+    /// must match it, or opening fails.
+    pub fn open(path: &Path, rule: Option<SizeRule>) -> Result<Self, Error> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let db = open_waiting(path)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        let stored = {
+            let mut settings = txn.open_table(SETTINGS).map_err(db_err)?;
+            txn.open_table(DIRECTORIES).map_err(db_err)?;
+            let stored = settings
+                .get(SIZE_RULE_KEY)
+                .map_err(db_err)?
+                .map(|v| v.value().to_owned());
+            match stored {
+                Some(name) => SizeRule::parse(&name).ok_or_else(|| {
+                    Error::Storage(format!("{}: unknown size rule {name:?}", path.display()))
+                })?,
+                None => {
+                    let r = rule.unwrap_or_default();
+                    settings.insert(SIZE_RULE_KEY, r.name()).map_err(db_err)?;
+                    r
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        if let Some(asked) = rule {
+            if asked != stored {
+                return Err(Error::Storage(format!(
+                    "{} uses the {} directory size rule and cannot be opened with {}; a store never mixes the two",
+                    path.display(),
+                    stored.name(),
+                    asked.name()
+                )));
+            }
+        }
+        Ok(RedbDirectoryService {
+            db: Arc::new(db),
+            rule: stored,
+            path: path.to_owned(),
+        })
+    }
+
+    fn read(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+        let Some(bytes) = table.get(digest.as_bytes().as_slice()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        verify(digest, bytes.value()).map(Some)
+    }
+}
+
+/// Decodes stored bytes and checks they are the directory asked for.
+fn verify(digest: &B3Digest, bytes: &[u8]) -> Result<Directory, Error> {
+    let dir = Directory::decode(bytes).map_err(|e| Error::Integrity {
+        digest: *digest,
+        detail: format!("stored directory does not decode: {e}"),
+    })?;
+    let actual = dir.digest();
+    if actual != *digest {
+        return Err(Error::Integrity {
+            digest: *digest,
+            detail: format!("stored directory hashes to {actual}"),
+        });
+    }
+    Ok(dir)
+}
+
+fn open_waiting(path: &Path) -> Result<Database, Error> {
+    let timeout = std::env::var("CAIRN_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs);
+    let start = Instant::now();
+    let mut warned = false;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                if start.elapsed() >= timeout {
+                    return Err(Error::Storage(format!(
+                        "{} is locked by another cairn process (gave up after {}s; set CAIRN_LOCK_TIMEOUT to wait longer)",
+                        path.display(),
+                        timeout.as_secs()
+                    )));
+                }
+                if !warned {
+                    tracing::warn!(
+                        "{} is in use by another cairn process; waiting for it",
+                        path.display()
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(db_err(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage(format!("blocking task failed: {e}")))?
+}
+
+#[async_trait]
+impl DirectoryService for RedbDirectoryService {
+    async fn get(&self, digest: &B3Digest) -> Result<Option<Directory>, Error> {
+        let this = self.clone();
+        let digest = *digest;
+        blocking(move || this.read(&digest)).await
+    }
+
+    fn get_recursive(&self, root: &B3Digest) -> BoxStream<'_, Result<Directory, Error>> {
+        // One read transaction for the whole walk.
+        let this = self.clone();
+        let root = *root;
+        let walk = blocking(move || {
+            let txn = this.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+            let mut out = Vec::new();
+            let mut queue = std::collections::VecDeque::from([root]);
+            let mut seen = std::collections::HashSet::from([root]);
+            while let Some(d) = queue.pop_front() {
+                let Some(bytes) = table.get(d.as_bytes().as_slice()).map_err(db_err)? else {
+                    out.push(Err(Error::NotFound {
+                        what: "directory",
+                        digest: d,
+                    }));
+                    break;
+                };
+                let dir = match verify(&d, bytes.value()) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        out.push(Err(e));
+                        break;
+                    }
+                };
+                for (_, child, _) in dir.subdirectories() {
+                    if seen.insert(*child) {
+                        queue.push_back(*child);
+                    }
+                }
+                out.push(Ok(dir));
+            }
+            Ok(out)
+        });
+        futures::stream::once(walk)
+            .flat_map(|r| match r {
+                Ok(items) => futures::stream::iter(items).boxed(),
+                Err(e) => futures::stream::iter(vec![Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+
+    fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
+        Box::new(RedbPutter {
+            service: self.clone(),
+            validator: ClosureValidator::new(self.rule),
+        })
+    }
+
+    fn size_rule(&self) -> SizeRule {
+        self.rule
+    }
+}
+
+impl std::fmt::Debug for RedbDirectoryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedbDirectoryService({})", self.path.display())
+    }
+}
+
+struct RedbPutter {
+    service: RedbDirectoryService,
+    validator: ClosureValidator,
+}
+
+#[async_trait]
+impl DirectoryPutter for RedbPutter {
+    async fn put(&mut self, directory: Directory) -> Result<(), Error> {
+        self.validator.add(directory)
+    }
+
+    async fn close(self: Box<Self>) -> Result<B3Digest, Error> {
+        let (root, dirs) = self.validator.finish()?;
+        let db = self.service.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+                for (digest, dir) in &dirs {
+                    table
+                        .insert(digest.as_bytes().as_slice(), dir.encode().as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await?;
+        Ok(root)
+    }
+}

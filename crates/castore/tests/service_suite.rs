@@ -1,0 +1,312 @@
+//! One test suite, run against every backend: the same expectations for
+//! `memory://`, the on-disk default (`objects://` + `redb://`), and the
+//! on-disk default with zstd and with the tvix-compat size rule.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
+use cairn_castore::blobservice::{put_bytes, read_to_vec};
+use cairn_castore::directoryservice::put_closure;
+use cairn_castore::{
+    B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
+};
+use cairn_testkit::pseudo_random_bytes;
+use futures::TryStreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+struct Backend {
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    chunked: bool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn backend(kind: &str) -> Backend {
+    if let Some(query) = kind.strip_prefix("memory") {
+        return Backend {
+            blobs: blob_service_from_addr("memory://").unwrap(),
+            dirs: directory_service_from_addr(&format!("memory://{query}")).unwrap(),
+            chunked: false,
+            _dir: None,
+        };
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (blob_q, dir_q) = match kind {
+        "disk" => ("", ""),
+        "disk-zstd" => ("?compression=zstd", ""),
+        "disk-tvix" => ("", "?size-rule=tvix-compat"),
+        other => panic!("unknown backend {other}"),
+    };
+    let root = dir.path().display().to_string();
+    Backend {
+        blobs: blob_service_from_addr(&format!("objects://{root}/objects{blob_q}")).unwrap(),
+        dirs: directory_service_from_addr(&format!("redb://{root}/castore.redb{dir_q}")).unwrap(),
+        chunked: true,
+        _dir: Some(dir),
+    }
+}
+
+fn name(s: &str) -> PathComponent {
+    PathComponent::try_from(s).unwrap()
+}
+
+fn file(data: &[u8]) -> Node {
+    Node::File {
+        digest: B3Digest::of(data),
+        size: data.len() as u64,
+        executable: false,
+    }
+}
+
+/// leaf ← mid ← root, plus a symlink; returns them leaves first.
+fn closure(rule: cairn_castore::SizeRule) -> Vec<Directory> {
+    let mut leaf = Directory::new();
+    leaf.add(name("data"), file(b"leaf data")).unwrap();
+    let mut mid = Directory::new();
+    mid.add(
+        name("leaf"),
+        Node::Directory {
+            digest: leaf.digest(),
+            size: leaf.size(rule).unwrap(),
+        },
+    )
+    .unwrap();
+    mid.add(
+        name("link"),
+        Node::Symlink {
+            target: SymlinkTarget::new(Bytes::from_static(b"leaf/data"), b"link").unwrap(),
+        },
+    )
+    .unwrap();
+    let mut root = Directory::new();
+    root.add(
+        name("mid"),
+        Node::Directory {
+            digest: mid.digest(),
+            size: mid.size(rule).unwrap(),
+        },
+    )
+    .unwrap();
+    root.add(
+        name("also-leaf"),
+        Node::Directory {
+            digest: leaf.digest(),
+            size: leaf.size(rule).unwrap(),
+        },
+    )
+    .unwrap();
+    vec![leaf, mid, root]
+}
+
+async fn blob_round_trips(b: Backend) {
+    for len in [
+        0usize,
+        1,
+        16 * 1024 - 1,
+        64 * 1024,
+        256 * 1024 + 1,
+        3 * 1024 * 1024 + 7,
+    ] {
+        let data = pseudo_random_bytes(len as u64, len);
+        let mut w = b.blobs.open_write().await;
+        for piece in data.chunks(100_001) {
+            w.write(piece).await.unwrap();
+        }
+        let digest = w.close().await.unwrap();
+        assert_eq!(digest, B3Digest::of(&data), "len {len}");
+        assert!(b.blobs.has(&digest).await.unwrap());
+        assert_eq!(
+            read_to_vec(b.blobs.as_ref(), &digest)
+                .await
+                .unwrap()
+                .unwrap(),
+            data,
+            "len {len}"
+        );
+        // Writing the same bytes again is harmless and names the same blob.
+        assert_eq!(put_bytes(b.blobs.as_ref(), &data).await.unwrap(), digest);
+    }
+}
+
+async fn blob_missing(b: Backend) {
+    let d = B3Digest::of(b"never written");
+    assert!(!b.blobs.has(&d).await.unwrap());
+    assert!(b.blobs.open_read(&d).await.unwrap().is_none());
+    assert!(b.blobs.chunks(&d).await.unwrap().is_none());
+}
+
+async fn blob_chunks_are_blobs(b: Backend) {
+    let data = pseudo_random_bytes(9, 2 * 1024 * 1024 + 3);
+    let digest = put_bytes(b.blobs.as_ref(), &data).await.unwrap();
+    let chunks = b.blobs.chunks(&digest).await.unwrap().unwrap();
+    if !b.chunked {
+        assert!(chunks.is_empty());
+        return;
+    }
+    assert!(chunks.len() > 4, "{} chunks", chunks.len());
+    let mut joined = Vec::new();
+    for c in &chunks {
+        let piece = read_to_vec(b.blobs.as_ref(), &c.digest)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(piece.len() as u64, c.size);
+        joined.extend(piece);
+    }
+    assert_eq!(joined, data);
+    // A small blob has no finer chunks.
+    let small = put_bytes(b.blobs.as_ref(), b"tiny").await.unwrap();
+    assert_eq!(b.blobs.chunks(&small).await.unwrap(), Some(vec![]));
+}
+
+async fn blob_random_access(b: Backend) {
+    let data = pseudo_random_bytes(11, 3 * 1024 * 1024);
+    let digest = put_bytes(b.blobs.as_ref(), &data).await.unwrap();
+    let mut r = b.blobs.open_read(&digest).await.unwrap().unwrap();
+    let mut x = 12345u64;
+    for _ in 0..64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (x >> 16) % data.len() as u64;
+        r.seek(std::io::SeekFrom::Start(at)).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let want = &data[at as usize..(at as usize + 4096).min(data.len())];
+        let mut got = 0;
+        while got < want.len() {
+            let n = r.read(&mut buf[got..want.len()]).await.unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        assert_eq!(&buf[..want.len()], want, "at {at}");
+    }
+    let end = r.seek(std::io::SeekFrom::End(0)).await.unwrap();
+    assert_eq!(end, data.len() as u64);
+    assert_eq!(r.read(&mut [0u8; 8]).await.unwrap(), 0);
+}
+
+async fn blob_unclosed_writer_leaves_nothing(b: Backend) {
+    let data = pseudo_random_bytes(13, 600 * 1024);
+    let mut w = b.blobs.open_write().await;
+    w.write(&data).await.unwrap();
+    drop(w);
+    assert!(!b.blobs.has(&B3Digest::of(&data)).await.unwrap());
+}
+
+async fn directory_round_trips(b: Backend) {
+    let rule = b.dirs.size_rule();
+    let dirs = closure(rule);
+    let root = put_closure(b.dirs.as_ref(), dirs.clone()).await.unwrap();
+    assert_eq!(root, dirs[2].digest());
+    for d in &dirs {
+        assert_eq!(b.dirs.get(&d.digest()).await.unwrap().as_ref(), Some(d));
+    }
+    // Breadth-first in name order ("also-leaf" before "mid"), parents
+    // first, each once although the leaf is reachable twice.
+    let got: Vec<Directory> = b.dirs.get_recursive(&root).try_collect().await.unwrap();
+    assert_eq!(got, vec![dirs[2].clone(), dirs[0].clone(), dirs[1].clone()]);
+    let sub: Vec<Directory> = b
+        .dirs
+        .get_recursive(&dirs[1].digest())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(sub, vec![dirs[1].clone(), dirs[0].clone()]);
+    // The empty directory is a valid closure of one.
+    let empty = put_closure(b.dirs.as_ref(), [Directory::new()])
+        .await
+        .unwrap();
+    assert_eq!(empty, B3Digest::empty());
+}
+
+async fn directory_missing(b: Backend) {
+    let d = B3Digest::of(b"no such directory");
+    assert!(b.dirs.get(&d).await.unwrap().is_none());
+    let r: Result<Vec<Directory>, Error> = b.dirs.get_recursive(&d).try_collect().await;
+    assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+}
+
+async fn bad_closures_are_rejected_and_invisible(b: Backend) {
+    let rule = b.dirs.size_rule();
+    let dirs = closure(rule);
+    let (leaf, mid, root) = (dirs[0].clone(), dirs[1].clone(), dirs[2].clone());
+
+    // Dangling: mid without the leaf it refers to.
+    let err = put_closure(b.dirs.as_ref(), [mid.clone(), root.clone()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidClosure(_)), "{err}");
+    assert!(err.to_string().contains("was not sent before it"), "{err}");
+    // Unreachable: a directory nothing in the closure refers to.
+    let mut stray = Directory::new();
+    stray.add(name("x"), file(b"stray")).unwrap();
+    let err = put_closure(
+        b.dirs.as_ref(),
+        [stray.clone(), leaf.clone(), mid.clone(), root.clone()],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not reachable"), "{err}");
+    // Wrong declared size for a child.
+    let mut liar = Directory::new();
+    liar.add(
+        name("leaf"),
+        Node::Directory {
+            digest: leaf.digest(),
+            size: leaf.size(rule).unwrap() + 1,
+        },
+    )
+    .unwrap();
+    let err = put_closure(b.dirs.as_ref(), [leaf.clone(), liar])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("declares size"), "{err}");
+    // Nothing sent: an error, not a silent success.
+    assert!(put_closure(b.dirs.as_ref(), Vec::<Directory>::new())
+        .await
+        .is_err());
+
+    // None of the rejected closures left anything behind.
+    for d in [&leaf, &mid, &root, &stray] {
+        assert!(
+            b.dirs.get(&d.digest()).await.unwrap().is_none(),
+            "{} is visible",
+            d.digest()
+        );
+    }
+}
+
+macro_rules! suite {
+    ($($backend:ident => $kind:literal),* $(,)?) => {
+        $(mod $backend {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_round_trips() { super::blob_round_trips(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_missing() { super::blob_missing(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_chunks_are_blobs() { super::blob_chunks_are_blobs(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_random_access() { super::blob_random_access(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_unclosed_writer_leaves_nothing() { super::blob_unclosed_writer_leaves_nothing(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn directory_round_trips() { super::directory_round_trips(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn directory_missing() { super::directory_missing(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_closures_are_rejected_and_invisible() { super::bad_closures_are_rejected_and_invisible(backend($kind)).await }
+        })*
+    };
+}
+
+suite! {
+    memory => "memory",
+    memory_tvix => "memory?size-rule=tvix-compat",
+    disk => "disk",
+    disk_zstd => "disk-zstd",
+    disk_tvix => "disk-tvix",
+}
