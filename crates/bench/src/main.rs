@@ -1,1 +1,46 @@
-fn main() {}
+//! `cairn-bench`: Cairn's benchmark suite.
+//!
+//! Every job runs a Cairn command against the established tool it replaces
+//! (its baseline) on the same input, alternating the two, and reports
+//! medians, the baseline/Cairn ratio and peak memory. [`harness`] holds what
+//! all job groups share (spawning, timing, alternating, summarising,
+//! reporting); every other module is one job group, selected by the first
+//! command-line argument.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod harness;
+mod nar;
+
+/// Benchmarks Cairn against the tools it replaces, on this machine, now.
+///
+/// Build first: `cargo build --release -p cairn -p cairn-bench`. The `cairn`
+/// binary under test is the one next to this executable.
+#[derive(Parser)]
+#[command(name = "cairn-bench", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    group: Group,
+}
+
+#[derive(Subcommand)]
+enum Group {
+    /// NAR archives: `cairn nar dump|restore` against `nix-store --dump|--restore`.
+    Nar(nar::NarArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.group {
+        Group::Nar(args) => nar::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -34,6 +34,8 @@ pub enum NarWriteError {
 
 /// Files up to this size are copied into the output queue, not streamed.
 const SMALL_FILE: u64 = 64 * 1024;
+/// Buffer for streaming large file contents.
+const COPY_BUFFER: usize = 128 * 1024;
 /// Queued output is written once it reaches this size.
 pub(crate) const QUEUE_LIMIT: usize = 128 * 1024;
 
@@ -166,12 +168,13 @@ impl Encoder {
 ///
 /// Entries must be added in strictly ascending byte order; names and
 /// targets are validated, so the output is always a NAR that Cairn's own
-/// reader accepts. Small structural writes are batched; file contents are
-/// copied straight from their source (on Linux, `std::io::copy` may splice
-/// file-to-pipe without passing through user space).
+/// reader accepts. Structural tokens and small files are batched into one
+/// queue; large file contents stream through a reused 128 KiB buffer.
 pub struct NarWriter<W: Write> {
     out: W,
     enc: Encoder,
+    /// Reused for large file contents, allocated on first use.
+    copy_buf: Vec<u8>,
 }
 
 impl<W: Write> NarWriter<W> {
@@ -180,6 +183,7 @@ impl<W: Write> NarWriter<W> {
         NarWriter {
             out,
             enc: Encoder::new(),
+            copy_buf: Vec::new(),
         }
     }
 
@@ -204,7 +208,7 @@ impl<W: Write> NarWriter<W> {
             source.read_to_end(&mut self.enc.buf)? as u64
         } else {
             self.flush_queued()?;
-            io::copy(&mut source, &mut self.out)?
+            self.copy_large(&mut source)?
         };
         if copied != size {
             return Err(NarWriteError::SizeMismatch {
@@ -214,6 +218,25 @@ impl<W: Write> NarWriter<W> {
         }
         self.enc.file_trailer(size);
         self.maybe_flush()
+    }
+
+    /// Streams contents through one reused buffer straight into the output:
+    /// large enough for few syscalls, small enough to stay in cache.
+    fn copy_large(&mut self, source: &mut impl Read) -> io::Result<u64> {
+        if self.copy_buf.is_empty() {
+            self.copy_buf = vec![0; COPY_BUFFER];
+        }
+        let mut copied = 0u64;
+        loop {
+            let n = match source.read(&mut self.copy_buf) {
+                Ok(0) => return Ok(copied),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.out.write_all(&self.copy_buf[..n])?;
+            copied += n as u64;
+        }
     }
 
     /// A regular file whose contents are in memory.

@@ -1,0 +1,437 @@
+//! The `nar` job group: `cairn nar dump` against `nix-store --dump`, and
+//! `cairn nar restore` against `nix-store --restore`, on every tree of the
+//! corpus (see [`corpus`]).
+//!
+//! Before anything is timed, each tree's `cairn nar dump` is checked to be
+//! byte-identical to its `nix-store --dump`, and a `cairn nar restore` of
+//! that NAR to dump back to the same bytes; any difference aborts the run,
+//! since a fast wrong answer is not worth measuring.
+
+pub mod corpus;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
+use corpus::{remove_path, Tree};
+
+/// The group's name: first argument, JSON file name, table label.
+const GROUP: &str = "nar";
+
+/// Options of `cairn-bench nar`.
+#[derive(Args, Debug)]
+pub struct NarArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// What the JSON report adds for this group.
+#[derive(Serialize)]
+struct Details<'a> {
+    trees: &'a [Tree],
+}
+
+/// Runs the whole group: corpus, checks, jobs, table, JSON.
+pub fn run(args: NarArgs) -> Result<()> {
+    let started = Instant::now();
+    let (unix_time, date) = report::now_utc();
+    let mut machine = Machine::probe();
+    let common = args.common;
+    let runs = common.runs();
+
+    let cairn = harness::cairn_binary()?;
+    let nix_store = harness::find_on_path("nix-store").context(
+        "nix-store not found on PATH; it is the baseline of the nar jobs \
+         (install it, e.g. `apt-get install nix-bin`)",
+    )?;
+    let work_dir = common.prepare_work_dir()?;
+    let scratch = work_dir.join("scratch");
+    remove_path(&scratch)?;
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+
+    let trees = corpus::prepare(&work_dir, common.quick, &nix_store)?;
+    for tree in &trees {
+        verify(&cairn, &nix_store, tree, &scratch)?;
+    }
+
+    let mut jobs = Vec::new();
+    for tree in &trees {
+        jobs.push(dump_job(&cairn, &nix_store, tree, &scratch, runs)?);
+    }
+    for tree in &trees {
+        jobs.push(restore_job(&cairn, &nix_store, tree, &scratch, runs)?);
+    }
+    remove_path(&scratch)?;
+
+    let nix_version = harness::tool_version(&nix_store);
+    println!();
+    println!(
+        "cairn-bench {GROUP}: median wall time of {runs} runs per tool, after {} warm-up pair, \
+         alternating cairn and baseline",
+        harness::WARMUP_PAIRS
+    );
+    println!(
+        "baseline: dump = `nix-store --dump`, restore = `nix-store --restore` ({nix_version})"
+    );
+    println!("ratio = baseline median / cairn median: >= 1.00 means Cairn is at least as fast");
+    println!(
+        "bytes = NAR size; MB/s = bytes / cairn median (1 MB = 10^6 B); RSS = median peak RSS"
+    );
+    println!();
+    print!("{}", report::results_table(&jobs));
+    println!();
+    print!("{}", memory_table(&trees, &jobs));
+
+    machine.loadavg_end = report::loadavg();
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let json_path = common.json_path(&work_dir, GROUP);
+    let full = Report {
+        suite: "cairn-bench",
+        schema_version: report::SCHEMA_VERSION,
+        group: GROUP,
+        date,
+        unix_time,
+        elapsed_s,
+        machine,
+        tools: vec![
+            ToolInfo {
+                name: "cairn".into(),
+                version: harness::tool_version(&cairn),
+                path: cairn,
+            },
+            ToolInfo {
+                name: "nix-store".into(),
+                version: nix_version,
+                path: nix_store,
+            },
+        ],
+        settings: Settings {
+            quick: common.quick,
+            runs,
+            warmup_pairs: harness::WARMUP_PAIRS,
+            work_dir,
+        },
+        details: Details { trees: &trees },
+        jobs: &jobs,
+    };
+    report::write_json(&json_path, &full)?;
+    println!();
+    println!("raw samples: {}", json_path.display());
+    println!("total time: {elapsed_s:.1} s");
+    Ok(())
+}
+
+/// Peak RSS of each job next to the largest file of each tree, so that
+/// "memory does not grow with file size" can be read off directly.
+fn memory_table(trees: &[Tree], jobs: &[JobResult]) -> String {
+    let rss = |job: &str, tree: &Tree, cairn: bool| {
+        jobs.iter()
+            .find(|j| j.spec.job == job && j.spec.subject == tree.name)
+            .map_or_else(String::new, |j| {
+                let r = if cairn { &j.cairn } else { &j.baseline };
+                format!("{:.1}", r.median_max_rss_mib)
+            })
+    };
+    let rows: Vec<Vec<String>> = trees
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                format!("{:.1}", t.stats.largest_file as f64 / (1u64 << 20) as f64),
+                rss("dump", t, true),
+                rss("restore", t, true),
+                rss("dump", t, false),
+                rss("restore", t, false),
+            ]
+        })
+        .collect();
+    let mut align = vec![Align::Left];
+    align.extend([Align::Right; 5]);
+    let mut out = String::from(
+        "peak RSS (MiB, median) against each tree's largest file: \
+         flat means memory does not grow with file size\n",
+    );
+    out.push_str(&report::format_table(
+        &[
+            "tree",
+            "largest file MiB",
+            "cairn dump",
+            "cairn restore",
+            "nix-store dump",
+            "nix-store restore",
+        ],
+        &align,
+        &rows,
+    ));
+    out
+}
+
+fn dump_job(
+    cairn: &Path,
+    nix_store: &Path,
+    tree: &Tree,
+    scratch: &Path,
+    runs: usize,
+) -> Result<JobResult> {
+    let cairn_inv = Invocation::new(cairn)
+        .arg("nar")
+        .arg("dump")
+        .arg(&tree.root)
+        .drain_stdout();
+    let nix_inv = Invocation::new(nix_store)
+        .arg("--dump")
+        .arg(&tree.root)
+        .drain_stdout();
+    let spec = JobSpec {
+        group: GROUP,
+        job: "dump".into(),
+        subject: tree.name.clone(),
+        bytes: tree.stats.nar_bytes,
+        cairn_command: cairn_inv.display(),
+        baseline_command: nix_inv.display(),
+    };
+    let log = scratch.join("stderr.log");
+    let checked = |inv: &Invocation| -> Result<Sample> {
+        let sample = harness::run_timed(inv, &log)?;
+        if sample.stdout_bytes != Some(tree.stats.nar_bytes) {
+            bail!(
+                "{} wrote {:?} bytes, expected the NAR's {}",
+                inv.display(),
+                sample.stdout_bytes,
+                tree.stats.nar_bytes
+            );
+        }
+        Ok(sample)
+    };
+    harness::compare(spec, runs, || checked(&cairn_inv), || checked(&nix_inv))
+}
+
+fn restore_job(
+    cairn: &Path,
+    nix_store: &Path,
+    tree: &Tree,
+    scratch: &Path,
+    runs: usize,
+) -> Result<JobResult> {
+    let cairn_inv = |dest: &Path| {
+        Invocation::new(cairn)
+            .arg("nar")
+            .arg("restore")
+            .arg(dest)
+            .stdin_file(&tree.nar)
+    };
+    let nix_inv = |dest: &Path| {
+        Invocation::new(nix_store)
+            .arg("--restore")
+            .arg(dest)
+            .stdin_file(&tree.nar)
+    };
+    let placeholder = scratch.join("DEST");
+    let spec = JobSpec {
+        group: GROUP,
+        job: "restore".into(),
+        subject: tree.name.clone(),
+        bytes: tree.stats.nar_bytes,
+        cairn_command: cairn_inv(&placeholder).display(),
+        baseline_command: nix_inv(&placeholder).display(),
+    };
+    let log = scratch.join("stderr.log");
+    let (mut cairn_n, mut nix_n) = (0u32, 0u32);
+    harness::compare(
+        spec,
+        runs,
+        || {
+            cairn_n += 1;
+            let dest = scratch.join(format!("cairn-{}-{cairn_n}", tree.name));
+            timed_restore(&cairn_inv(&dest), &dest, &log)
+        },
+        || {
+            nix_n += 1;
+            let dest = scratch.join(format!("nix-{}-{nix_n}", tree.name));
+            timed_restore(&nix_inv(&dest), &dest, &log)
+        },
+    )
+}
+
+/// One timed restore into the fresh path `dest`; removing `dest` again and
+/// flushing the filesystem afterwards are not timed, so every run starts
+/// from the same state instead of paying for its predecessor's writeback.
+fn timed_restore(inv: &Invocation, dest: &Path, log: &Path) -> Result<Sample> {
+    remove_path(dest)?;
+    let sample = harness::run_timed(inv, log)?;
+    if std::fs::symlink_metadata(dest).is_err() {
+        bail!(
+            "{} succeeded but {} does not exist",
+            inv.display(),
+            dest.display()
+        );
+    }
+    remove_path(dest)?;
+    sync()?;
+    Ok(sample)
+}
+
+/// `sync(1)`: writes back dirty pages, so they do not bias the next run.
+fn sync() -> Result<()> {
+    let status = Command::new("sync").status().context("cannot run sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    Ok(())
+}
+
+/// The pre-flight checks: Cairn's dump of `tree` is byte-identical to the
+/// baseline's NAR, and Cairn's restore of that NAR dumps back to it.
+fn verify(cairn: &Path, nix_store: &Path, tree: &Tree, scratch: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut dump = Command::new(cairn);
+    dump.arg("nar").arg("dump").arg(&tree.root);
+    stream_matches_nar(dump, &tree.nar).with_context(|| {
+        format!(
+            "`cairn nar dump {}` is not byte-identical to `nix-store --dump`; \
+             refusing to benchmark it",
+            tree.root.display()
+        )
+    })?;
+
+    let dest = scratch.join(format!("verify-{}", tree.name));
+    remove_path(&dest)?;
+    let status = Command::new(cairn)
+        .arg("nar")
+        .arg("restore")
+        .arg(&dest)
+        .stdin(
+            File::open(&tree.nar).with_context(|| format!("cannot open {}", tree.nar.display()))?,
+        )
+        .status()
+        .with_context(|| format!("cannot run {}", cairn.display()))?;
+    if !status.success() {
+        bail!(
+            "`cairn nar restore {} < {}` failed ({status})",
+            dest.display(),
+            tree.nar.display()
+        );
+    }
+    let mut redump = Command::new(nix_store);
+    redump.arg("--dump").arg(&dest);
+    stream_matches_nar(redump, &tree.nar).with_context(|| {
+        format!(
+            "`cairn nar restore` of {} does not dump back to the same NAR; \
+             refusing to benchmark it",
+            tree.nar.display()
+        )
+    })?;
+    remove_path(&dest)?;
+    eprintln!(
+        "check: {} dumps and restores byte-identically ({:.1} s)",
+        tree.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `cmd` and checks that its stdout equals the file `nar`, byte for byte.
+fn stream_matches_nar(mut cmd: Command, nar: &Path) -> Result<()> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {what}"))?;
+    let expected = File::open(nar).with_context(|| format!("cannot open {}", nar.display()));
+    let compared = match (child.stdout.take(), expected) {
+        (Some(mut out), Ok(file)) => {
+            let compared = first_difference(&mut out, file).map_err(anyhow::Error::from);
+            // Read the rest even after a difference, so the child ends
+            // normally instead of on a broken pipe; dropping `out` then
+            // closes the pipe, so it cannot block on it either way.
+            let _ = io::copy(&mut out, &mut io::sink());
+            compared
+        }
+        (None, _) => Err(anyhow::anyhow!("no stdout pipe")),
+        (_, Err(e)) => Err(e),
+    };
+    let status = child
+        .wait()
+        .with_context(|| format!("cannot wait for {what}"))?;
+    let compared = compared.with_context(|| format!("cannot compare the output of {what}"))?;
+    if let Some(offset) = compared {
+        bail!(
+            "the output of {what} differs from {} at byte {offset}",
+            nar.display()
+        );
+    }
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Compares two streams; `None` if equal, else the offset of the first
+/// differing byte (or of the end of the shorter one).
+fn first_difference(mut a: impl Read, mut b: impl Read) -> io::Result<Option<u64>> {
+    const CHUNK: usize = 1 << 20;
+    let (mut buf_a, mut buf_b) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut offset = 0u64;
+    loop {
+        let na = read_full(&mut a, &mut buf_a)?;
+        let nb = read_full(&mut b, &mut buf_b)?;
+        let same = buf_a[..na.min(nb)]
+            .iter()
+            .zip(&buf_b[..na.min(nb)])
+            .position(|(x, y)| x != y);
+        if let Some(i) = same {
+            return Ok(Some(offset + i as u64));
+        }
+        if na != nb {
+            return Ok(Some(offset + na.min(nb) as u64));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        offset += na as u64;
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_finds_the_offset() {
+        let a = vec![7u8; 3 << 20];
+        let mut b = a.clone();
+        assert_eq!(first_difference(&a[..], &b[..]).unwrap(), None);
+        b[(2 << 20) + 5] = 0;
+        assert_eq!(
+            first_difference(&a[..], &b[..]).unwrap(),
+            Some((2 << 20) + 5)
+        );
+        assert_eq!(first_difference(&a[..], &a[..10]).unwrap(), Some(10));
+        assert_eq!(first_difference(&a[..0], &a[..0]).unwrap(), None);
+    }
+}
