@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod progress;
+mod services;
 
 /// Cairn stores Nix build outputs as content-addressed blobs and
 /// directories, and speaks Nix's own formats (NAR, narinfo, store paths)
@@ -43,6 +45,9 @@ enum Command {
     /// Sign and verify narinfo files.
     #[command(subcommand)]
     Narinfo(commands::narinfo::NarinfoCommand),
+    /// The content-addressed layer: import, export and inspect blobs and directories.
+    #[command(subcommand)]
+    Castore(commands::castore::CastoreCommand),
 }
 
 fn init_logging(verbose: u8) {
@@ -69,13 +74,25 @@ fn main() -> ExitCode {
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),
         Command::Narinfo(cmd) => commands::narinfo::run(cmd),
+        Command::Castore(cmd) => commands::castore::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => {
+            // A reader such as `head` stopped early: die quietly, as Unix tools do.
+            ExitCode::from(141)
+        }
         Err(err) => {
             // One line, outermost context first, so scripts can log it as is.
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -11,38 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cairn_testkit::{generated_trees, nix_cmd, oracle, oracles_required, run_ok};
+use cairn_testkit::{generated_trees, nix_cmd, oracle, real_trees, run_ok};
 
 fn cairn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
-}
-
-/// Real trees from the machine. In CI they must exist; locally a missing one is skipped.
-fn real_trees() -> Vec<PathBuf> {
-    let mut trees = vec![PathBuf::from("/usr/share/doc")];
-    let mut pythons: Vec<PathBuf> = fs::read_dir("/usr/lib")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.starts_with("python3.") && p.join("os.py").is_file()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    pythons.sort();
-    match pythons.pop() {
-        Some(p) => trees.push(p),
-        None => {
-            assert!(
-                !oracles_required(),
-                "no Python standard library under /usr/lib (apt-get install python3)"
-            );
-            eprintln!("SKIP: no /usr/lib/python3.*; the Python tree is not tested");
-        }
-    }
-    trees.retain(|t| t.is_dir());
-    trees
 }
 
 fn all_trees(work: &Path) -> Vec<PathBuf> {

@@ -62,6 +62,36 @@ pub fn nix_cmd(tool: &Path, store_root: &Path) -> Command {
     cmd
 }
 
+/// Real trees from this machine: `/usr/share/doc` (many small files) and
+/// the newest Python standard library under `/usr/lib`. In CI both must
+/// exist; locally a missing one is skipped with a message.
+pub fn real_trees() -> Vec<PathBuf> {
+    let mut trees = vec![PathBuf::from("/usr/share/doc")];
+    let mut pythons: Vec<PathBuf> = fs::read_dir("/usr/lib")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with("python3.") && p.join("os.py").is_file()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pythons.sort();
+    match pythons.pop() {
+        Some(p) => trees.push(p),
+        None => {
+            assert!(
+                !oracles_required(),
+                "no Python standard library under /usr/lib (apt-get install python3)"
+            );
+            eprintln!("SKIP: no /usr/lib/python3.*; the Python tree is not tested");
+        }
+    }
+    trees.retain(|t| t.is_dir());
+    trees
+}
+
 /// Deterministic bytes (xorshift), so generated trees are identical every run.
 pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

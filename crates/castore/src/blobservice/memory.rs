@@ -53,6 +53,23 @@ impl BlobService for MemoryBlobService {
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         Ok(self.get(digest)?.map(|_| Vec::new()))
     }
+
+    async fn verify_all(&self) -> Result<super::VerifyReport, Error> {
+        let map = self
+            .blobs
+            .read()
+            .map_err(|_| Error::Storage("memory blob map poisoned".into()))?;
+        let mut report = super::VerifyReport::default();
+        for (digest, data) in map.iter() {
+            report.checked += 1;
+            if B3Digest::of(data) != *digest {
+                report
+                    .problems
+                    .push(format!("blob {digest}: contents do not match"));
+            }
+        }
+        Ok(report)
+    }
 }
 
 struct MemoryBlobWriter {

@@ -62,6 +62,22 @@ pub trait BlobService: Send + Sync {
     async fn sync(&self) -> Result<(), Error> {
         Ok(())
     }
+    /// Checks every stored object against its name (an fsck). Backends
+    /// that cannot enumerate their objects say so with an error.
+    async fn verify_all(&self) -> Result<VerifyReport, Error> {
+        Err(Error::Storage(
+            "this blob service cannot enumerate its objects".into(),
+        ))
+    }
+}
+
+/// What a full verification found.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    /// Objects examined.
+    pub checked: u64,
+    /// One line per object that failed, naming it and the reason.
+    pub problems: Vec<String>,
 }
 
 /// Writes `data` as one blob and returns its digest.

@@ -232,6 +232,61 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Every chunk file hashes to its name; every chunk list is intact and
+    /// its chunks exist with the sizes it records.
+    fn verify_all(&self) -> Result<super::VerifyReport, Error> {
+        let mut report = super::VerifyReport::default();
+        for (kind, path, digest) in self.list_objects()? {
+            report.checked += 1;
+            let problem = match kind {
+                "chunks" => match self.read_chunk(&digest) {
+                    Ok(Some(_)) => None,
+                    Ok(None) => Some("vanished".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                },
+                _ => match self.read_list(&digest) {
+                    Ok(Some(list)) => list.iter().find_map(|c| match self.read_chunk(&c.digest) {
+                        Ok(Some(data)) if data.len() as u64 == c.size => None,
+                        Ok(Some(data)) => Some(format!(
+                            "chunk {} has {} bytes, list says {}",
+                            c.digest,
+                            data.len(),
+                            c.size
+                        )),
+                        Ok(None) => Some(format!("chunk {} is missing", c.digest)),
+                        Err(e) => Some(e.to_string()),
+                    }),
+                    Ok(None) => Some("vanished".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            if let Some(p) = problem {
+                report.problems.push(format!("{}: {p}", path.display()));
+            }
+        }
+        Ok(report)
+    }
+
+    fn list_objects(&self) -> Result<Vec<(&'static str, PathBuf, B3Digest)>, Error> {
+        let mut out = Vec::new();
+        for kind in ["chunks", "blobs"] {
+            for shard in fs::read_dir(self.root.join(kind))? {
+                let shard = shard?;
+                for obj in fs::read_dir(shard.path())? {
+                    let obj = obj?;
+                    let name = obj.file_name();
+                    match name.to_str().and_then(|n| n.parse::<B3Digest>().ok()) {
+                        Some(d) => out.push((kind, obj.path(), d)),
+                        None => out.push((kind, obj.path(), B3Digest::from([0; 32]))),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
@@ -289,6 +344,11 @@ impl BlobService for ObjectsBlobService {
             None => Ok(inner.object_path("chunks", &d).exists().then(Vec::new)),
         })
         .await
+    }
+
+    async fn verify_all(&self) -> Result<super::VerifyReport, Error> {
+        let inner = self.inner.clone();
+        blocking(move || inner.verify_all()).await
     }
 
     async fn sync(&self) -> Result<(), Error> {

@@ -52,6 +52,14 @@ impl DirectoryService for MemoryDirectoryService {
     fn size_rule(&self) -> SizeRule {
         self.rule
     }
+
+    async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
+        let map = self.dirs.read().map_err(|_| poisoned())?;
+        Ok(super::verify_directories(
+            map.iter().map(|(d, dir)| Ok((*d, dir.clone()))),
+            self.rule,
+        ))
+    }
 }
 
 struct MemoryPutter {

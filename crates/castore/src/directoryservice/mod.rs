@@ -37,6 +37,14 @@ pub trait DirectoryService: Send + Sync {
 
     /// The size rule this store validates with.
     fn size_rule(&self) -> SizeRule;
+
+    /// Checks every stored directory: it decodes, hashes to its key, and its
+    /// subdirectories exist with the declared sizes (an fsck).
+    async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
+        Err(Error::Storage(
+            "this directory service cannot enumerate its directories".into(),
+        ))
+    }
 }
 
 /// Receives a closure leaves first; `close` validates it as a whole,
@@ -159,4 +167,45 @@ impl ClosureValidator {
         }
         Ok((root, self.order))
     }
+}
+
+/// Checks directories against their keys and each other: shared by the
+/// backends' `verify_all`. Items that failed to load are reported as given.
+pub(crate) fn verify_directories(
+    items: impl Iterator<Item = Result<(B3Digest, Directory), (String, Error)>>,
+    rule: SizeRule,
+) -> crate::blobservice::VerifyReport {
+    let mut report = crate::blobservice::VerifyReport::default();
+    let mut all = HashMap::new();
+    for item in items {
+        report.checked += 1;
+        match item {
+            Ok((digest, dir)) => {
+                if dir.digest() != digest {
+                    report.problems.push(format!(
+                        "directory {digest}: contents hash to {}",
+                        dir.digest()
+                    ));
+                    continue;
+                }
+                all.insert(digest, dir);
+            }
+            Err((what, e)) => report.problems.push(format!("{what}: {e}")),
+        }
+    }
+    for (digest, dir) in &all {
+        for (name, child, declared) in dir.subdirectories() {
+            match all.get(child).map(|c| c.size(rule)) {
+                None => report.problems.push(format!(
+                    "directory {digest}: entry {name:?} refers to missing {child}"
+                )),
+                Some(Ok(size)) if size != declared => report.problems.push(format!(
+                    "directory {digest}: entry {name:?} declares size {declared}, actual {size}"
+                )),
+                Some(Err(e)) => report.problems.push(format!("directory {child}: {e}")),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    report
 }

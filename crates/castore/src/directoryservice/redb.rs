@@ -210,6 +210,28 @@ impl DirectoryService for RedbDirectoryService {
     fn size_rule(&self) -> SizeRule {
         self.rule
     }
+
+    async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
+        let db = self.db.clone();
+        let rule = self.rule;
+        blocking(move || {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+            let mut items = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let item = match B3Digest::try_from(k.value()) {
+                    Ok(d) => verify(&d, v.value())
+                        .map(|dir| (d, dir))
+                        .map_err(|e| (format!("directory {d}"), e)),
+                    Err(e) => Err(("directory key".to_owned(), Error::Storage(e.to_string()))),
+                };
+                items.push(item);
+            }
+            Ok(super::verify_directories(items.into_iter(), rule))
+        })
+        .await
+    }
 }
 
 impl std::fmt::Debug for RedbDirectoryService {

@@ -46,6 +46,7 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
     let mut open: Vec<usize> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
+        .follow_root_links(false)
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
     for item in walker {
         let item = item.map_err(|e| {

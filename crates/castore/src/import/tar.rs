@@ -184,7 +184,17 @@ fn read_archive(
                 .link_name_bytes()
                 .ok_or_else(|| refuse(&path, "hard link without a target"))?
                 .into_owned();
-            let target_parts = components(&target)?;
+            // Name the link entry, not its target, in the refusal.
+            let target_parts = components(&target).map_err(|e| match e {
+                ImportError::Archive { reason, .. } => refuse(
+                    &path,
+                    format!(
+                        "hard link to {:?}: {reason}",
+                        String::from_utf8_lossy(&target)
+                    ),
+                ),
+                other => other,
+            })?;
             match root.find(&target_parts) {
                 Some(Tree::File {
                     digest,
@@ -218,15 +228,18 @@ fn read_archive(
     Ok(root)
 }
 
-/// Puts the directories of `tree` leaves first; returns its node.
+/// Puts the directories of `tree` leaves first; returns its node. `path`
+/// is the node's path below the archive root (empty for the root), so a
+/// refusal names the offending entry in full.
 fn build<'a>(
     tree: Tree,
-    name: &'a [u8],
+    path: Vec<u8>,
     putter: &'a mut Box<dyn crate::DirectoryPutter + '_>,
     rule: crate::SizeRule,
 ) -> futures::future::BoxFuture<'a, Result<Node, ImportError>> {
     Box::pin(async move {
-        let invalid = |source| refuse(name, format!("{source}"));
+        let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        let invalid = |source| refuse(&path, format!("{source}"));
         Ok(match tree {
             Tree::File {
                 digest,
@@ -243,8 +256,14 @@ fn build<'a>(
             Tree::Dir(children) => {
                 let mut dir = Directory::new();
                 for (child_name, child) in children {
-                    let node = build(child, &child_name, putter, rule).await?;
-                    let pc = PathComponent::try_from(child_name.as_slice()).map_err(invalid)?;
+                    let child_path = if path.is_empty() {
+                        child_name.clone()
+                    } else {
+                        [&path[..], b"/", &child_name[..]].concat()
+                    };
+                    let pc = PathComponent::try_from(child_name.as_slice())
+                        .map_err(|source| refuse(&child_path, format!("{source}")))?;
+                    let node = build(child, child_path, putter, rule).await?;
                     dir.add(pc, node).map_err(invalid)?;
                 }
                 let size = dir.size(rule).map_err(invalid)?;
@@ -271,7 +290,7 @@ pub async fn import_tar(
             .map_err(|e| Error::Storage(e.to_string()))??;
     blobs.sync().await?;
     let mut putter = dirs.put_multiple_start();
-    let node = build(tree, b"", &mut putter, dirs.size_rule()).await?;
+    let node = build(tree, Vec::new(), &mut putter, dirs.size_rule()).await?;
     putter.close().await?;
     Ok(node)
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
+pub mod castore;
 pub mod key;
 pub mod nar;
 pub mod narinfo;
