@@ -158,6 +158,10 @@ impl NarInfo {
 
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
+            // `lines` drops the CR of a CRLF ending but not a stray one (before
+            // it, or at the very end): drop those too, or a value ending in CR
+            // would render as a CRLF line and read back without it.
+            let raw = raw.trim_end_matches('\r');
             if raw.trim().is_empty() {
                 continue;
             }
@@ -210,6 +214,7 @@ impl NarInfo {
                     set(&mut nar_size, n, line, "NarSize")?
                 }
                 "References" => {
+                    // Repeated References lines add up, as in Nix's parser.
                     for r in value.split_ascii_whitespace() {
                         references.push(StorePath::from_base_name(r).map_err(path_err)?);
                     }

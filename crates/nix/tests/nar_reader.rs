@@ -268,3 +268,24 @@ fn failed_restore_leaves_nothing_behind() {
     assert!(matches!(err, nar::fs::RestoreError::Exists(_)), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn writer_refuses_to_continue_after_an_error() {
+    let mut w = NarWriter::new(Vec::new());
+    w.directory().unwrap();
+    w.entry(b"a").unwrap();
+    let mut short: &[u8] = b"abc";
+    assert!(w.file(false, 100_000, &mut short).is_err());
+    // Half a file may already be in the output: nothing may follow it.
+    assert!(matches!(w.entry(b"b"), Err(nar::NarWriteError::Misuse(_))));
+    assert!(matches!(w.finish(), Err(nar::NarWriteError::Misuse(_))));
+}
+
+#[test]
+fn restore_never_touches_an_existing_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep"), b"precious").unwrap();
+    let err = nar::fs::restore(&b"not a nar"[..], dir.path()).unwrap_err();
+    assert!(matches!(err, nar::fs::RestoreError::Exists(_)), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("keep")).unwrap(), b"precious");
+}

@@ -42,6 +42,11 @@ pub enum Compression {
     Zstd,
 }
 
+enum UnnamedError {
+    Unsupported,
+    Io(io::Error),
+}
+
 const TAG_RAW: u8 = 0;
 const TAG_ZSTD: u8 = 1;
 const LIST_MAGIC: &[u8; 8] = b"cairnbl1";
@@ -52,6 +57,7 @@ struct Inner {
     root: PathBuf,
     compression: Compression,
     tmp_counter: AtomicU64,
+    pid: u32,
 }
 
 /// Blobs and chunks as files below a directory.
@@ -63,8 +69,20 @@ pub struct ObjectsBlobService {
 impl ObjectsBlobService {
     /// Opens (creating if needed) an object directory.
     pub fn open(root: &Path, compression: Compression) -> Result<Self, Error> {
-        for sub in ["chunks", "blobs", "tmp"] {
-            fs::create_dir_all(root.join(sub))?;
+        // All 2 × 256 shard directories exist up front, so a write never
+        // needs a mkdir; the marker says the layout is complete.
+        let marker = root.join("layout-v1");
+        if !marker.exists() {
+            fs::create_dir_all(root.join("tmp"))?;
+            for kind in ["chunks", "blobs"] {
+                for shard in 0..=255u8 {
+                    fs::create_dir_all(root.join(kind).join(format!("{shard:02x}")))?;
+                }
+            }
+            fs::write(
+                &marker,
+                b"chunks/ and blobs/ sharded by the first byte of the BLAKE3 digest\n",
+            )?;
         }
         clean_stale_temp_files(&root.join("tmp"));
         Ok(ObjectsBlobService {
@@ -72,6 +90,7 @@ impl ObjectsBlobService {
                 root: root.to_owned(),
                 compression,
                 tmp_counter: AtomicU64::new(0),
+                pid: std::process::id(),
             }),
         })
     }
@@ -105,16 +124,20 @@ impl Inner {
 
     fn temp_path(&self) -> PathBuf {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{n}", std::process::id()))
+        self.root.join("tmp").join(format!("{}-{n}", self.pid))
     }
 
-    /// Writes `contents` under `kind/<digest>` via a temp file and rename.
+    /// Writes `contents` under `kind/<digest>` so that the name appears only
+    /// with the complete contents: an unnamed file (O_TMPFILE) in the shard
+    /// directory linked into place, or where that is unsupported, a temp
+    /// file renamed into place.
     fn write_object(&self, kind: &str, digest: &B3Digest, contents: &[&[u8]]) -> Result<(), Error> {
         let dest = self.object_path(kind, digest);
-        if dest.exists() {
-            return Ok(()); // same name, same bytes
+        let failed = |e: io::Error| Error::Storage(format!("writing {}: {e}", dest.display()));
+        match self.write_unnamed(&dest, contents) {
+            Ok(()) => return Ok(()),
+            Err(UnnamedError::Unsupported) => {}
+            Err(UnnamedError::Io(e)) => return Err(failed(e)),
         }
         let tmp = self.temp_path();
         let result = (|| -> io::Result<()> {
@@ -126,16 +149,60 @@ impl Inner {
                 f.write_all(part)?;
             }
             drop(f);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent)?;
-            }
             fs::rename(&tmp, &dest)
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::Storage(format!("writing {}: {e}", dest.display())));
+            return Err(failed(e));
         }
         Ok(())
+    }
+
+    fn write_unnamed(&self, dest: &Path, contents: &[&[u8]]) -> Result<(), UnnamedError> {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let dir = dest.parent().ok_or(UnnamedError::Unsupported)?;
+        let fd = match rustix::fs::open(
+            dir,
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => fd,
+            Err(e)
+                if e == rustix::io::Errno::OPNOTSUPP
+                    || e == rustix::io::Errno::ISDIR
+                    || e == rustix::io::Errno::INVAL =>
+            {
+                return Err(UnnamedError::Unsupported)
+            }
+            Err(e) => return Err(UnnamedError::Io(e.into())),
+        };
+        let mut f = fs::File::from(fd);
+        // One write per object: the parts are small next to a syscall.
+        let joined;
+        let whole: &[u8] = match contents {
+            [one] => one,
+            parts => {
+                joined = parts.concat();
+                &joined
+            }
+        };
+        f.write_all(whole).map_err(UnnamedError::Io)?;
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            rustix::fs::CWD,
+            dest,
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(()),
+            // Another writer stored the same bytes first.
+            Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(rustix::io::Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
+                Err(UnnamedError::Unsupported)
+            }
+            Err(e) => Err(UnnamedError::Io(e.into())),
+        }
     }
 
     fn write_chunk(&self, data: &[u8]) -> Result<ChunkMeta, Error> {

@@ -103,29 +103,30 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
     Ok(entries)
 }
 
-/// Streams one file into a blob, checking it did not change size.
+/// Reads up to one piece; returns the file again so the next piece can follow.
+fn read_piece(mut file: std::fs::File) -> (std::fs::File, std::io::Result<Vec<u8>>) {
+    let mut buf = Vec::with_capacity(READ_PIECE);
+    let r = (&mut file).take(READ_PIECE as u64).read_to_end(&mut buf);
+    (file, r.map(|_| buf))
+}
+
+/// Streams one file into a blob, checking it did not change size. Files up
+/// to one piece (most of them) cost one blocking hop to read.
 pub async fn upload_file(
     blobs: &dyn BlobService,
     path: &Path,
     expected: u64,
 ) -> Result<B3Digest, ImportError> {
     let p = path.to_owned();
-    let mut file = tokio::task::spawn_blocking(move || std::fs::File::open(&p))
+    let first = tokio::task::spawn_blocking(move || std::fs::File::open(&p).map(read_piece))
         .await
         .map_err(|e| Error::Storage(e.to_string()))?
         .map_err(io_at(path))?;
+    let (mut file, mut piece) = first;
     let mut writer = blobs.open_write().await;
     let mut total = 0u64;
     loop {
-        let (f, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(READ_PIECE);
-            let r = (&mut file).take(READ_PIECE as u64).read_to_end(&mut buf);
-            (file, r.map(|_| buf))
-        })
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?;
-        file = f;
-        let buf = buf.map_err(io_at(path))?;
+        let buf = piece.map_err(io_at(path))?;
         if buf.is_empty() {
             break;
         }
@@ -133,8 +134,32 @@ pub async fn upload_file(
         if total > expected {
             break;
         }
+        let short = buf.len() < READ_PIECE;
         writer.write(&buf).await?;
+        if short {
+            // read_to_end stopped at end of file.
+            break;
+        }
+        if total == expected {
+            // Do not wait for a read that returns nothing.
+            let (f, r) = tokio::task::spawn_blocking(move || {
+                let mut probe = [0u8; 1];
+                let r = (&file).read(&mut probe);
+                (file, r)
+            })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+            file = f;
+            total += r.map_err(io_at(path))? as u64;
+            break;
+        }
+        let (f, next) = tokio::task::spawn_blocking(move || read_piece(file))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        file = f;
+        piece = next;
     }
+    drop(file);
     if total != expected {
         return Err(ImportError::Changed {
             path: path.to_owned(),
@@ -169,7 +194,10 @@ pub async fn import_path(
     progress.add_total(files.len() as u64, files.iter().map(|(_, s)| s).sum());
 
     // Contents first, several files at a time (I/O and hashing overlap).
-    let parallel = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+    let parallel = std::env::var("CAIRN_IMPORT_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() * 4));
     let mut digests: Vec<Option<B3Digest>> = vec![None; entries.len()];
     let entries_ref = &entries;
     let blobs_ref = &blobs;

@@ -128,6 +128,10 @@ fn dump_node<W: Write>(path: &Path, w: &mut NarWriter<W>) -> Result<(), DumpErro
 /// On error, whatever was created is removed again. For a destination that
 /// never becomes visible half-written, use [`restore_atomically`].
 pub fn restore<R: BufRead>(source: R, dest: &Path) -> Result<(), RestoreError> {
+    // Checked first, so the cleanup below only ever removes what we created.
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(RestoreError::Exists(dest.to_owned()));
+    }
     let result = unpack(NarReader::new(source), dest);
     if result.is_err() {
         remove_tree(dest);

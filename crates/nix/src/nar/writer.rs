@@ -175,6 +175,9 @@ pub struct NarWriter<W: Write> {
     enc: Encoder,
     /// Reused for large file contents, allocated on first use.
     copy_buf: Vec<u8>,
+    /// Set by any error: the output may hold half a node, so nothing more
+    /// may be appended to it.
+    failed: bool,
 }
 
 impl<W: Write> NarWriter<W> {
@@ -184,6 +187,7 @@ impl<W: Write> NarWriter<W> {
             out,
             enc: Encoder::new(),
             copy_buf: Vec::new(),
+            failed: false,
         }
     }
 
@@ -196,6 +200,35 @@ impl<W: Write> NarWriter<W> {
     /// A regular file of `size` bytes read from `contents`, which must yield
     /// exactly that many bytes.
     pub fn file(
+        &mut self,
+        executable: bool,
+        size: u64,
+        contents: &mut impl Read,
+    ) -> Result<(), NarWriteError> {
+        self.guard(|w| w.file_inner(executable, size, contents))
+    }
+
+    /// Runs one step; any error poisons the writer.
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, NarWriteError>,
+    ) -> Result<T, NarWriteError> {
+        if self.failed {
+            return Err(NarWriteError::Misuse(
+                "the writer failed earlier; its output is incomplete",
+            ));
+        }
+        let r = f(self);
+        // Refused names and misuse are caught before any byte is queued;
+        // I/O errors and short sources may leave half a node behind.
+        self.failed = matches!(
+            r,
+            Err(NarWriteError::Io(_) | NarWriteError::SizeMismatch { .. })
+        );
+        r
+    }
+
+    fn file_inner(
         &mut self,
         executable: bool,
         size: u64,
@@ -247,30 +280,43 @@ impl<W: Write> NarWriter<W> {
 
     /// A symbolic link.
     pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarWriteError> {
-        self.enc.symlink(target)?;
-        self.maybe_flush()
+        self.guard(|w| {
+            w.enc.symlink(target)?;
+            w.maybe_flush()
+        })
     }
 
     /// Opens a directory; follow with `entry` + node pairs, then `end_directory`.
     pub fn directory(&mut self) -> Result<(), NarWriteError> {
-        self.enc.directory()?;
-        self.maybe_flush()
+        self.guard(|w| {
+            w.enc.directory()?;
+            w.maybe_flush()
+        })
     }
 
     /// Names the next node inside the open directory.
     pub fn entry(&mut self, name: &[u8]) -> Result<(), NarWriteError> {
-        self.enc.entry(name)?;
-        self.maybe_flush()
+        self.guard(|w| {
+            w.enc.entry(name)?;
+            w.maybe_flush()
+        })
     }
 
     /// Closes the innermost open directory.
     pub fn end_directory(&mut self) -> Result<(), NarWriteError> {
-        self.enc.end_directory()?;
-        self.maybe_flush()
+        self.guard(|w| {
+            w.enc.end_directory()?;
+            w.maybe_flush()
+        })
     }
 
     /// Checks the archive is complete, flushes, and returns the destination.
     pub fn finish(mut self) -> Result<W, NarWriteError> {
+        if self.failed {
+            return Err(NarWriteError::Misuse(
+                "the writer failed earlier; its output is incomplete",
+            ));
+        }
         self.enc.check_done()?;
         self.flush_queued()?;
         self.out.flush()?;
