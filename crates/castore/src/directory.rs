@@ -178,8 +178,14 @@ pub enum Node {
 impl Node {
     /// Converts to a named protobuf `Node`.
     pub fn to_proto(&self, name: &[u8]) -> proto::Node {
-        let name = Bytes::copy_from_slice(name);
-        let node = match self {
+        proto::Node {
+            node: Some(self.to_named(Bytes::copy_from_slice(name))),
+        }
+    }
+
+    /// The protobuf entry for this node under `name`.
+    fn to_named(&self, name: Bytes) -> proto::node::Node {
+        match self {
             Node::Directory { digest, size } => {
                 proto::node::Node::Directory(proto::DirectoryNode {
                     name,
@@ -201,19 +207,13 @@ impl Node {
                 name,
                 target: target.0.clone(),
             }),
-        };
-        proto::Node { node: Some(node) }
+        }
     }
 
     /// Validates a protobuf `Node`, returning its (unvalidated) name and the node.
     /// The name is left to the caller: a store path root has its own rules.
     pub fn from_proto(node: proto::Node) -> Result<(Bytes, Node), DirectoryError> {
-        let digest = |name: &Bytes, d: &Bytes| {
-            B3Digest::try_from(d.as_ref()).map_err(|_| DirectoryError::DigestLength {
-                name: show(name),
-                len: d.len(),
-            })
-        };
+        let digest = entry_digest;
         match node.node {
             None => Err(DirectoryError::EmptyNode(String::new())),
             Some(proto::node::Node::Directory(d)) => {
@@ -344,27 +344,10 @@ impl Directory {
     pub fn to_proto(&self) -> proto::Directory {
         let mut out = proto::Directory::default();
         for (name, node) in &self.entries {
-            let name = name.0.clone();
-            match node {
-                Node::Directory { digest, size } => out.directories.push(proto::DirectoryNode {
-                    name,
-                    digest: (*digest).into(),
-                    size: *size,
-                }),
-                Node::File {
-                    digest,
-                    size,
-                    executable,
-                } => out.files.push(proto::FileNode {
-                    name,
-                    digest: (*digest).into(),
-                    size: *size,
-                    executable: *executable,
-                }),
-                Node::Symlink { target } => out.symlinks.push(proto::SymlinkNode {
-                    name,
-                    target: target.0.clone(),
-                }),
+            match node.to_named(name.0.clone()) {
+                proto::node::Node::Directory(d) => out.directories.push(d),
+                proto::node::Node::File(f) => out.files.push(f),
+                proto::node::Node::Symlink(l) => out.symlinks.push(l),
             }
         }
         out
@@ -387,6 +370,14 @@ impl Directory {
             proto::Directory::decode(bytes).map_err(|e| DirectoryError::Decode(e.to_string()))?;
         Self::try_from(msg)
     }
+}
+
+/// An entry's digest field, which must be exactly 32 bytes.
+fn entry_digest(name: &Bytes, digest: &Bytes) -> Result<B3Digest, DirectoryError> {
+    B3Digest::try_from(digest.as_ref()).map_err(|_| DirectoryError::DigestLength {
+        name: show(name),
+        len: digest.len(),
+    })
 }
 
 fn check_sorted<'a>(
@@ -420,12 +411,7 @@ impl TryFrom<proto::Directory> for Directory {
         check_sorted("files", msg.files.iter().map(|f| &f.name))?;
         check_sorted("symlinks", msg.symlinks.iter().map(|s| &s.name))?;
         let mut dir = Directory::new();
-        let digest = |name: &Bytes, d: &Bytes| {
-            B3Digest::try_from(d.as_ref()).map_err(|_| DirectoryError::DigestLength {
-                name: show(name),
-                len: d.len(),
-            })
-        };
+        let digest = entry_digest;
         for d in msg.directories {
             let node = Node::Directory {
                 digest: digest(&d.name, &d.digest)?,

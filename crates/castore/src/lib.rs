@@ -18,6 +18,7 @@ mod error;
 pub mod export;
 pub mod import;
 pub mod proto;
+mod util;
 
 pub use blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 pub use digest::{B3Digest, DigestError};

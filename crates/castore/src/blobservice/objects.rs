@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::chunker;
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use crate::util::blocking;
 use crate::{B3Digest, Error};
 
 /// How chunk files are stored.
@@ -352,14 +353,6 @@ impl Inner {
         }
         Ok(out)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Storage(format!("blocking task failed: {e}")))?
 }
 
 #[async_trait]

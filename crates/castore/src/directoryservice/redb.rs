@@ -20,6 +20,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::{ClosureValidator, DirectoryPutter, DirectoryService};
+use crate::util::blocking;
 use crate::{B3Digest, Directory, Error, SizeRule};
 
 const DIRECTORIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("directories");
@@ -140,14 +141,6 @@ fn open_waiting(path: &Path) -> Result<Database, Error> {
             Err(e) => return Err(db_err(format!("{}: {e}", path.display()))),
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Storage(format!("blocking task failed: {e}")))?
 }
 
 #[async_trait]
