@@ -236,18 +236,13 @@ fn damaged_objects_are_detected_not_returned() {
     let node = store.import(&work);
     // Flip one byte of the one chunk file.
     let chunks = store.data().join("objects/chunks");
-    let shard = fs::read_dir(&chunks)
+    let mut files: Vec<PathBuf> = fs::read_dir(&chunks)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let file = fs::read_dir(&shard)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .flat_map(|shard| fs::read_dir(shard.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one file of 1000 bytes is one chunk");
+    let file = files.pop().unwrap();
     let mut bytes = fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
