@@ -2,16 +2,18 @@
 //!
 //! Every job runs a Cairn command against the established tool it replaces
 //! (its baseline) on the same input, alternating the two, and reports
-//! medians, the baseline/Cairn ratio and peak memory. [`harness`] holds what
-//! all job groups share (spawning, timing, alternating, summarising,
-//! reporting); every other module is one job group, selected by the first
-//! command-line argument.
+//! medians, how they compare and peak memory. [`harness`] holds what all job
+//! groups share (spawning, timing, alternating, summarising, reporting),
+//! [`corpus`] the input trees they share; every other module is one job
+//! group, selected by the first command-line argument.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod corpus;
 mod harness;
+mod import;
 mod nar;
 
 /// Benchmarks Cairn against the tools it replaces, on this machine, now.
@@ -29,12 +31,15 @@ struct Cli {
 enum Group {
     /// NAR archives: `cairn nar dump|restore` against `nix-store --dump|--restore`.
     Nar(nar::NarArgs),
+    /// Importing trees: `cairn castore import` (cold, warm) against `b3sum` and `cp -r`.
+    Import(import::ImportArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.group {
         Group::Nar(args) => nar::run(args),
+        Group::Import(args) => import::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,13 +2,18 @@
 //!
 //! - [`process`]: spawn one child and measure it (wall time, peak RSS).
 //! - here: the options every group takes, finding the binaries under test,
-//!   alternating Cairn with its baseline, and summarising the samples.
+//!   alternating Cairn with its baselines, and summarising the samples.
+//! - [`files`]: untimed chores around runs (removing outputs, `sync`,
+//!   disk usage, comparing output with a file).
 //! - [`report`]: the table on stdout, machine information, the JSON file.
 //!
 //! A job group (such as `nar`) builds its inputs, then for each job hands
 //! [`compare`] two closures, one per tool, that each perform one measured
-//! run (with any untimed setup or cleanup around it).
+//! run (with any untimed setup or cleanup around it); a job with more than
+//! one baseline (such as `import`'s) hands [`alternate`] one closure per
+//! tool instead.
 
+pub mod files;
 pub mod process;
 pub mod report;
 
@@ -206,26 +211,16 @@ pub fn compare(
 ) -> Result<JobResult> {
     let label = format!("{} {} {}", spec.group, spec.job, spec.subject);
     let started = Instant::now();
-    eprint!("[{label}] warm-up");
-    let mut warm = (Vec::new(), Vec::new());
-    for _ in 0..WARMUP_PAIRS {
-        warm.0
-            .push(cairn().with_context(|| format!("{label}: cairn warm-up"))?);
-        warm.1
-            .push(baseline().with_context(|| format!("{label}: baseline warm-up"))?);
-    }
-    let mut counted = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for i in 0..runs {
-        eprint!(" {}", i + 1);
-        counted
-            .0
-            .push(cairn().with_context(|| format!("{label}: cairn run {}", i + 1))?);
-        counted
-            .1
-            .push(baseline().with_context(|| format!("{label}: baseline run {}", i + 1))?);
-    }
-    let cairn = ToolResult::new(warm.0, counted.0, spec.bytes);
-    let baseline = ToolResult::new(warm.1, counted.1, spec.bytes);
+    let mut results = alternate(
+        &label,
+        runs,
+        spec.bytes,
+        &mut [("cairn", &mut cairn), ("baseline", &mut baseline)],
+    )?
+    .into_iter();
+    let (Some(cairn), Some(baseline)) = (results.next(), results.next()) else {
+        bail!("{label}: missing results");
+    };
     let ratio = baseline.median_wall_s / cairn.median_wall_s;
     eprintln!(
         " — cairn {}, baseline {}, ratio {ratio:.2} ({:.1} s)",
@@ -239,6 +234,44 @@ pub fn compare(
         baseline,
         ratio,
     })
+}
+
+/// One tool of a job for [`alternate`]: its name (for messages) and a
+/// closure performing one measured run.
+pub type Contender<'a> = (&'a str, &'a mut dyn FnMut() -> Result<Sample>);
+
+/// Runs the tools of one job in turn: [`WARMUP_PAIRS`] warm-up rounds, then
+/// `runs` counted rounds, each round running every tool once in the order
+/// given (A, B, C, A, B, C, …), so that drift in the machine's state hits all
+/// alike and a tool may rely on the one before it in the round (`import`'s
+/// warm import runs in the data directory its cold import just filled).
+/// Returns one result per tool, in the same order; progress goes to stderr
+/// on the line `label` starts (the caller ends it).
+pub fn alternate(
+    label: &str,
+    runs: usize,
+    bytes: u64,
+    tools: &mut [Contender<'_>],
+) -> Result<Vec<ToolResult>> {
+    eprint!("[{label}] warm-up");
+    let mut warm: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::new()).collect();
+    for _ in 0..WARMUP_PAIRS {
+        for ((name, run), out) in tools.iter_mut().zip(&mut warm) {
+            out.push(run().with_context(|| format!("{label}: {name} warm-up"))?);
+        }
+    }
+    let mut counted: Vec<Vec<Sample>> = tools.iter().map(|_| Vec::with_capacity(runs)).collect();
+    for i in 0..runs {
+        eprint!(" {}", i + 1);
+        for ((name, run), out) in tools.iter_mut().zip(&mut counted) {
+            out.push(run().with_context(|| format!("{label}: {name} run {}", i + 1))?);
+        }
+    }
+    Ok(warm
+        .into_iter()
+        .zip(counted)
+        .map(|(w, c)| ToolResult::new(w, c, bytes))
+        .collect())
 }
 
 /// The median; the mean of the two middle values for an even count.
@@ -320,5 +353,38 @@ mod tests {
         assert_eq!(r.ratio, 2.0);
         assert_eq!(r.cairn.mb_per_s, 2.0);
         assert_eq!(r.baseline.median_max_rss_mib, 2.0);
+    }
+
+    #[test]
+    fn alternate_runs_rounds_in_order() {
+        let order = std::cell::RefCell::new(String::new());
+        let sample = |wall_s| Sample {
+            wall_s,
+            max_rss_kib: 1024,
+            user_s: 0.0,
+            sys_s: 0.0,
+            stdout_bytes: None,
+        };
+        let tool = |c: char, wall_s: f64| {
+            let order = &order;
+            move || {
+                order.borrow_mut().push(c);
+                Ok(sample(wall_s))
+            }
+        };
+        let (mut a, mut b, mut c) = (tool('A', 1.0), tool('B', 2.0), tool('C', 4.0));
+        let results = alternate(
+            "test",
+            2,
+            4_000_000,
+            &mut [("a", &mut a), ("b", &mut b), ("c", &mut c)],
+        )
+        .unwrap();
+        assert_eq!(*order.borrow(), "ABCABCABC");
+        let medians: Vec<f64> = results.iter().map(|r| r.median_wall_s).collect();
+        assert_eq!(medians, [1.0, 2.0, 4.0]);
+        assert_eq!(results[2].mb_per_s, 1.0);
+        assert_eq!(results[0].warmup.len(), 1);
+        assert_eq!(results[0].samples.len(), 2);
     }
 }

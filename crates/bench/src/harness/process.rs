@@ -27,12 +27,15 @@ pub enum Input {
 }
 
 /// What happens to the child's stdout.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Output {
     /// `/dev/null`.
     Null,
     /// A pipe the harness reads to the end and discards, counting the bytes.
     Drain,
+    /// This file, created (or truncated) before the clock starts, for the
+    /// caller to check afterwards.
+    File(PathBuf),
 }
 
 /// A command line to run and measure.
@@ -73,6 +76,12 @@ impl Invocation {
         self
     }
 
+    /// Writes the child's stdout to the file at `path` (truncated first).
+    pub fn stdout_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdout = Output::File(path.into());
+        self
+    }
+
     /// The command line, shell-like, for messages.
     pub fn display(&self) -> String {
         let mut s = self.program.display().to_string();
@@ -82,6 +91,10 @@ impl Invocation {
         }
         if let Input::File(p) = &self.stdin {
             s.push_str(" < ");
+            s.push_str(&p.to_string_lossy());
+        }
+        if let Output::File(p) = &self.stdout {
+            s.push_str(" > ");
             s.push_str(&p.to_string_lossy());
         }
         s
@@ -115,9 +128,12 @@ pub fn run_timed(inv: &Invocation, stderr_log: &Path) -> Result<Sample> {
             .with_context(|| format!("cannot open {}", p.display()))?
             .into(),
     };
-    let stdout = match inv.stdout {
+    let stdout = match &inv.stdout {
         Output::Null => Stdio::null(),
         Output::Drain => Stdio::piped(),
+        Output::File(p) => File::create(p)
+            .with_context(|| format!("cannot create {}", p.display()))?
+            .into(),
     };
     let mut cmd = Command::new(&inv.program);
     cmd.args(&inv.args)
@@ -127,7 +143,7 @@ pub fn run_timed(inv: &Invocation, stderr_log: &Path) -> Result<Sample> {
     // Allocated before the clock starts, so no tool pays for it.
     let mut buf = match inv.stdout {
         Output::Drain => vec![0u8; DRAIN_BUFFER],
-        Output::Null => Vec::new(),
+        Output::Null | Output::File(_) => Vec::new(),
     };
 
     let start = Instant::now();
@@ -224,6 +240,20 @@ mod tests {
         assert_eq!(s.stdout_bytes, Some(3_000_000));
         assert!(s.wall_s > 0.0);
         assert!(s.max_rss_kib > 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stdout_can_go_to_a_file() {
+        let dir = crate::harness::test_dir::fresh("process-file");
+        let out = dir.join("out");
+        let inv = Invocation::new("/bin/sh")
+            .arg("-c")
+            .arg("echo hello")
+            .stdout_file(&out);
+        let s = run_timed(&inv, &dir.join("stderr")).unwrap();
+        assert_eq!(s.stdout_bytes, None);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

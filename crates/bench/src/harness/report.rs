@@ -190,9 +190,10 @@ pub struct Settings {
 }
 
 /// The whole JSON report of one group's run; `D` is group-specific detail
-/// (for `nar`, the corpus trees).
+/// (for `nar`, the corpus trees), `J` one job's result ([`JobResult`] for a
+/// job of Cairn against one baseline).
 #[derive(Debug, Serialize)]
-pub struct Report<'a, D: Serialize> {
+pub struct Report<'a, D: Serialize, J: Serialize = JobResult> {
     /// Always `cairn-bench`.
     pub suite: &'static str,
     /// [`SCHEMA_VERSION`].
@@ -214,7 +215,7 @@ pub struct Report<'a, D: Serialize> {
     /// Group-specific details.
     pub details: D,
     /// Every job, with raw samples and summaries.
-    pub jobs: &'a [JobResult],
+    pub jobs: &'a [J],
 }
 
 /// Writes `value` as pretty JSON to `path` (via a temporary sibling, so a

@@ -1,27 +1,26 @@
 //! The `nar` job group: `cairn nar dump` against `nix-store --dump`, and
-//! `cairn nar restore` against `nix-store --restore`, on every tree of the
-//! corpus (see [`corpus`]).
+//! `cairn nar restore` against `nix-store --restore`, on the shared corpus's
+//! `usr-share-doc`, `python3.X`, `large-*` and `kitchen-sink` trees (see
+//! [`crate::corpus`]).
 //!
 //! Before anything is timed, each tree's `cairn nar dump` is checked to be
 //! byte-identical to its `nix-store --dump`, and a `cairn nar restore` of
 //! that NAR to dump back to the same bytes; any difference aborts the run,
 //! since a fast wrong answer is not worth measuring.
 
-pub mod corpus;
-
 use std::fs::File;
-use std::io::{self, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use crate::corpus::{self, Spec, Tree};
+use crate::harness::files::{fresh_dir, remove_path, run_timed_creating, stdout_matches_file};
 use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
-use corpus::{remove_path, Tree};
 
 /// The group's name: first argument, JSON file name, table label.
 const GROUP: &str = "nar";
@@ -54,11 +53,18 @@ pub fn run(args: NarArgs) -> Result<()> {
     )?;
     let work_dir = common.prepare_work_dir()?;
     let scratch = work_dir.join("scratch");
-    remove_path(&scratch)?;
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    fresh_dir(&scratch)?;
 
-    let trees = corpus::prepare(&work_dir, common.quick, &nix_store)?;
+    let specs: Vec<Spec> = [
+        Spec::usr_share_doc(),
+        Spec::python_stdlib()?,
+        Some(Spec::large(common.quick)),
+        Some(Spec::kitchen_sink()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let trees = corpus::prepare(&work_dir, &specs, &nix_store)?;
     for tree in &trees {
         verify(&cairn, &nix_store, tree, &scratch)?;
     }
@@ -252,41 +258,14 @@ fn restore_job(
         || {
             cairn_n += 1;
             let dest = scratch.join(format!("cairn-{}-{cairn_n}", tree.name));
-            timed_restore(&cairn_inv(&dest), &dest, &log)
+            run_timed_creating(&cairn_inv(&dest), &dest, &log)
         },
         || {
             nix_n += 1;
             let dest = scratch.join(format!("nix-{}-{nix_n}", tree.name));
-            timed_restore(&nix_inv(&dest), &dest, &log)
+            run_timed_creating(&nix_inv(&dest), &dest, &log)
         },
     )
-}
-
-/// One timed restore into the fresh path `dest`; removing `dest` again and
-/// flushing the filesystem afterwards are not timed, so every run starts
-/// from the same state instead of paying for its predecessor's writeback.
-fn timed_restore(inv: &Invocation, dest: &Path, log: &Path) -> Result<Sample> {
-    remove_path(dest)?;
-    let sample = harness::run_timed(inv, log)?;
-    if std::fs::symlink_metadata(dest).is_err() {
-        bail!(
-            "{} succeeded but {} does not exist",
-            inv.display(),
-            dest.display()
-        );
-    }
-    remove_path(dest)?;
-    sync()?;
-    Ok(sample)
-}
-
-/// `sync(1)`: writes back dirty pages, so they do not bias the next run.
-fn sync() -> Result<()> {
-    let status = Command::new("sync").status().context("cannot run sync")?;
-    if !status.success() {
-        bail!("sync failed ({status})");
-    }
-    Ok(())
 }
 
 /// The pre-flight checks: Cairn's dump of `tree` is byte-identical to the
@@ -295,7 +274,7 @@ fn verify(cairn: &Path, nix_store: &Path, tree: &Tree, scratch: &Path) -> Result
     let started = Instant::now();
     let mut dump = Command::new(cairn);
     dump.arg("nar").arg("dump").arg(&tree.root);
-    stream_matches_nar(dump, &tree.nar).with_context(|| {
+    stdout_matches_file(dump, &tree.nar).with_context(|| {
         format!(
             "`cairn nar dump {}` is not byte-identical to `nix-store --dump`; \
              refusing to benchmark it",
@@ -323,7 +302,7 @@ fn verify(cairn: &Path, nix_store: &Path, tree: &Tree, scratch: &Path) -> Result
     }
     let mut redump = Command::new(nix_store);
     redump.arg("--dump").arg(&dest);
-    stream_matches_nar(redump, &tree.nar).with_context(|| {
+    stdout_matches_file(redump, &tree.nar).with_context(|| {
         format!(
             "`cairn nar restore` of {} does not dump back to the same NAR; \
              refusing to benchmark it",
@@ -337,101 +316,4 @@ fn verify(cairn: &Path, nix_store: &Path, tree: &Tree, scratch: &Path) -> Result
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Runs `cmd` and checks that its stdout equals the file `nar`, byte for byte.
-fn stream_matches_nar(mut cmd: Command, nar: &Path) -> Result<()> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot run {what}"))?;
-    let expected = File::open(nar).with_context(|| format!("cannot open {}", nar.display()));
-    let compared = match (child.stdout.take(), expected) {
-        (Some(mut out), Ok(file)) => {
-            let compared = first_difference(&mut out, file).map_err(anyhow::Error::from);
-            // Read the rest even after a difference, so the child ends
-            // normally instead of on a broken pipe; dropping `out` then
-            // closes the pipe, so it cannot block on it either way.
-            let _ = io::copy(&mut out, &mut io::sink());
-            compared
-        }
-        (None, _) => Err(anyhow::anyhow!("no stdout pipe")),
-        (_, Err(e)) => Err(e),
-    };
-    let status = child
-        .wait()
-        .with_context(|| format!("cannot wait for {what}"))?;
-    let compared = compared.with_context(|| format!("cannot compare the output of {what}"))?;
-    if let Some(offset) = compared {
-        bail!(
-            "the output of {what} differs from {} at byte {offset}",
-            nar.display()
-        );
-    }
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
-/// Compares two streams; `None` if equal, else the offset of the first
-/// differing byte (or of the end of the shorter one).
-fn first_difference(mut a: impl Read, mut b: impl Read) -> io::Result<Option<u64>> {
-    const CHUNK: usize = 1 << 20;
-    let (mut buf_a, mut buf_b) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let mut offset = 0u64;
-    loop {
-        let na = read_full(&mut a, &mut buf_a)?;
-        let nb = read_full(&mut b, &mut buf_b)?;
-        let same = buf_a[..na.min(nb)]
-            .iter()
-            .zip(&buf_b[..na.min(nb)])
-            .position(|(x, y)| x != y);
-        if let Some(i) = same {
-            return Ok(Some(offset + i as u64));
-        }
-        if na != nb {
-            return Ok(Some(offset + na.min(nb) as u64));
-        }
-        if na == 0 {
-            return Ok(None);
-        }
-        offset += na as u64;
-    }
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_difference_finds_the_offset() {
-        let a = vec![7u8; 3 << 20];
-        let mut b = a.clone();
-        assert_eq!(first_difference(&a[..], &b[..]).unwrap(), None);
-        b[(2 << 20) + 5] = 0;
-        assert_eq!(
-            first_difference(&a[..], &b[..]).unwrap(),
-            Some((2 << 20) + 5)
-        );
-        assert_eq!(first_difference(&a[..], &a[..10]).unwrap(), Some(10));
-        assert_eq!(first_difference(&a[..0], &a[..0]).unwrap(), None);
-    }
 }

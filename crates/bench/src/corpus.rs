@@ -1,18 +1,22 @@
-//! The NAR benchmark's corpus: trees of different shapes under
+//! The corpus the job groups share: trees of different shapes under
 //! `<work-dir>/corpus/`, each next to the NAR `nix-store --dump` makes of it
-//! (`<name>.nar`, the input of the restore jobs).
+//! (`<name>.nar`: the `nar` group's restore input, and what the `import`
+//! group checks its round trip against).
 //!
-//! | tree | shape |
-//! | --- | --- |
-//! | `usr-share-doc` | copy of `/usr/share/doc`: thousands of tiny files |
-//! | `python3.X` | copy of the Python stdlib with the most files: small to mid-size files |
-//! | `large-2GiB` (`large-256MiB` with `--quick`) | one huge and three 64 MiB pseudo-random files |
-//! | `kitchen-sink` | `cairn_testkit::generated_trees`: every NAR shape, odd names, deep nesting |
+//! | tree | shape | groups |
+//! | --- | --- | --- |
+//! | `usr-share-doc` | copy of `/usr/share/doc`: thousands of tiny files | nar, import |
+//! | `python3.X` | copy of the Python stdlib with the most files: small to mid-size files | nar, import |
+//! | `rust-lib` | copy of `$(rustc --print sysroot)/lib`: a few dozen files, some of 100+ MiB | import |
+//! | `large-2GiB` (`large-256MiB` with `--quick`) | one huge and three 64 MiB pseudo-random files | nar |
+//! | `kitchen-sink` | `cairn_testkit::generated_trees`: every NAR shape, odd names, deep nesting | nar |
 //!
-//! System directories are copied (through `nix-store --dump | --restore`),
-//! so the corpus does not change under the benchmark when packages do. A
-//! tree is built once and reused while its marker file `<name>.complete`
-//! matches what would be built; delete the work directory to start afresh.
+//! Each group picks its trees with the [`Spec`] constructors and hands them
+//! to [`prepare`]. System directories are copied (through
+//! `nix-store --dump | --restore`), so the corpus does not change under the
+//! benchmark when packages do. A tree is built once and reused, by every
+//! group, while its marker file `<name>.complete` matches what would be
+//! built; delete the work directory to start afresh.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -22,6 +26,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::harness::files::remove_path;
 
 /// Bumped when the trees built for a given description change.
 const CORPUS_FORMAT: u32 = 1;
@@ -80,66 +86,116 @@ enum Source {
     KitchenSink,
 }
 
-struct Spec {
+/// A tree to build (or reuse): its name, where it comes from.
+pub struct Spec {
     name: String,
     description: String,
     source: Source,
 }
 
-/// Builds (or reuses) every tree under `<work_dir>/corpus`.
-pub fn prepare(work_dir: &Path, quick: bool, nix_store: &Path) -> Result<Vec<Tree>> {
-    let dir = work_dir.join("corpus");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    specs(quick)?
-        .iter()
-        .map(|spec| ensure(spec, &dir, nix_store))
-        .collect()
-}
-
-fn specs(quick: bool) -> Result<Vec<Spec>> {
-    let mut specs = Vec::new();
-    let doc = Path::new("/usr/share/doc");
-    if doc.is_dir() {
-        specs.push(Spec {
+impl Spec {
+    /// A copy of `/usr/share/doc`; `None` (with a warning) if it is missing.
+    pub fn usr_share_doc() -> Option<Spec> {
+        let doc = Path::new("/usr/share/doc");
+        if !doc.is_dir() {
+            eprintln!(
+                "warning: {} does not exist; skipping that tree",
+                doc.display()
+            );
+            return None;
+        }
+        Some(Spec {
             name: "usr-share-doc".into(),
             description: format!("copy of {}", doc.display()),
             source: Source::Copy(doc.into()),
-        });
-    } else {
-        eprintln!(
-            "warning: {} does not exist; skipping that tree",
-            doc.display()
-        );
+        })
     }
-    match python_stdlib()? {
-        Some(py) => specs.push(Spec {
+
+    /// A copy of the `/usr/lib/python3.*` directory with the most files;
+    /// `None` (with a warning) if there is none.
+    pub fn python_stdlib() -> Result<Option<Spec>> {
+        let Some(py) = python_stdlib()? else {
+            eprintln!("warning: no /usr/lib/python3.* directory; skipping that tree");
+            return Ok(None);
+        };
+        Ok(Some(Spec {
             name: py
                 .file_name()
                 .map_or_else(|| "python".into(), |n| n.to_string_lossy().into_owned()),
             description: format!("copy of {}", py.display()),
             source: Source::Copy(py),
-        }),
-        None => eprintln!("warning: no /usr/lib/python3.* directory; skipping that tree"),
+        }))
     }
-    let (big, name) = if quick {
-        (256 * MIB, "large-256MiB")
-    } else {
-        (2048 * MIB, "large-2GiB")
-    };
-    specs.push(Spec {
-        name: name.into(),
-        description: format!(
-            "generated: 1 x {} MiB + 3 x 64 MiB pseudo-random files",
-            big / MIB
-        ),
-        source: Source::Large(vec![big, 64 * MIB, 64 * MIB, 64 * MIB]),
-    });
-    specs.push(Spec {
-        name: "kitchen-sink".into(),
-        description: "generated: cairn_testkit::generated_trees kitchen-sink".into(),
-        source: Source::KitchenSink,
-    });
-    Ok(specs)
+
+    /// A copy of the `lib` directory of the Rust toolchain `rustc` on `PATH`
+    /// belongs to (`$(rustc --print sysroot)/lib`): few files, some of them
+    /// shared libraries of 100+ MiB. `None` (with a warning) without rustc.
+    pub fn rust_lib() -> Option<Spec> {
+        let lib = rust_sysroot().map(|s| s.join("lib")).filter(|l| l.is_dir());
+        let Some(lib) = lib else {
+            eprintln!(
+                "warning: no Rust toolchain (`rustc --print sysroot` failed or has no lib/); \
+                 skipping that tree"
+            );
+            return None;
+        };
+        Some(Spec {
+            name: "rust-lib".into(),
+            description: format!("copy of {}", lib.display()),
+            source: Source::Copy(lib),
+        })
+    }
+
+    /// One big (2 GiB, or 256 MiB with `quick`) and three 64 MiB
+    /// pseudo-random files.
+    pub fn large(quick: bool) -> Spec {
+        let (big, name) = if quick {
+            (256 * MIB, "large-256MiB")
+        } else {
+            (2048 * MIB, "large-2GiB")
+        };
+        Spec {
+            name: name.into(),
+            description: format!(
+                "generated: 1 x {} MiB + 3 x 64 MiB pseudo-random files",
+                big / MIB
+            ),
+            source: Source::Large(vec![big, 64 * MIB, 64 * MIB, 64 * MIB]),
+        }
+    }
+
+    /// The testkit's kitchen-sink tree: every NAR shape, odd names, deep
+    /// nesting.
+    pub fn kitchen_sink() -> Spec {
+        Spec {
+            name: "kitchen-sink".into(),
+            description: "generated: cairn_testkit::generated_trees kitchen-sink".into(),
+            source: Source::KitchenSink,
+        }
+    }
+}
+
+/// Builds (or reuses) the trees `specs` describe, under `<work_dir>/corpus`.
+pub fn prepare(work_dir: &Path, specs: &[Spec], nix_store: &Path) -> Result<Vec<Tree>> {
+    let dir = work_dir.join("corpus");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    specs
+        .iter()
+        .map(|spec| ensure(spec, &dir, nix_store))
+        .collect()
+}
+
+/// `rustc --print sysroot`, if rustc runs.
+fn rust_sysroot() -> Option<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    let path = path.trim();
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// The `/usr/lib/python3.*` directory with the most files.
@@ -344,17 +400,6 @@ fn walk_into(path: &Path, stats: &mut TreeStats) -> Result<()> {
         stats.largest_file = stats.largest_file.max(meta.len());
     }
     Ok(())
-}
-
-/// Removes a file, symlink or directory tree; a missing path is fine.
-pub fn remove_path(path: &Path) -> Result<()> {
-    let removed = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    removed.with_context(|| format!("cannot remove {}", path.display()))
 }
 
 #[cfg(test)]
