@@ -51,8 +51,10 @@ enum UnnamedError {
 const TAG_RAW: u8 = 0;
 const TAG_ZSTD: u8 = 1;
 const LIST_MAGIC: &[u8; 8] = b"cairnbl1";
-/// Buffered bytes before chunks are cut and written.
-const FLUSH_AT: usize = 4 * 1024 * 1024;
+/// Blobs up to this size are stored whole, as one chunk: small files only
+/// ever dedup as whole files anyway, and one object per file keeps imports
+/// of many small files cheap. Larger blobs are cut by content (FastCDC).
+const WHOLE_BLOB_MAX: usize = 1024 * 1024;
 
 struct Inner {
     root: PathBuf,
@@ -438,6 +440,7 @@ impl ObjectsBlobWriter {
         let inner = self.inner.clone();
         let buf = std::mem::take(&mut self.buf);
         let hashed = self.hashed;
+        let first = self.chunks.is_empty();
         let mut hasher = self
             .hasher
             .take()
@@ -446,7 +449,12 @@ impl ObjectsBlobWriter {
             hasher.update(&buf[hashed..]);
             let mut chunks = Vec::new();
             let mut start = 0;
-            for len in chunker::cut(&buf, eof) {
+            let lengths = if eof && first && buf.len() <= WHOLE_BLOB_MAX {
+                vec![buf.len()]
+            } else {
+                chunker::cut(&buf, eof)
+            };
+            for len in lengths {
                 chunks.push(inner.write_chunk(&buf[start..start + len])?);
                 start += len;
             }
@@ -465,7 +473,8 @@ impl ObjectsBlobWriter {
 impl BlobWriter for ObjectsBlobWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= FLUSH_AT {
+        // Cutting starts only once the blob is too big to be stored whole.
+        if self.buf.len() > WHOLE_BLOB_MAX {
             self.flush(false).await?;
         }
         Ok(())
@@ -482,7 +491,7 @@ impl BlobWriter for ObjectsBlobWriter {
         let inner = self.inner.clone();
         let chunks = std::mem::take(&mut self.chunks);
         blocking(move || match chunks.len() {
-            // The empty blob is one empty chunk.
+            // Only the empty blob has no chunk written by flush: it is one empty chunk.
             0 => inner.write_chunk(&[]).map(|_| ()),
             // One chunk: the blob is that chunk, and its file is the blob.
             1 => Ok(()),

@@ -18,7 +18,9 @@ use crate::{
     B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
 };
 
-const READ_PIECE: usize = 4 * 1024 * 1024;
+/// Files are read in pieces of this size; with several files in flight,
+/// this (not file size) bounds an import's memory.
+const READ_PIECE: usize = 1024 * 1024;
 
 enum Kind {
     Directory { children: Vec<usize> },
