@@ -75,8 +75,13 @@ fn dump(args: DumpArgs) -> Result<()> {
     if stdout.is_terminal() {
         bail!("refusing to write a binary NAR to a terminal; redirect stdout to a file or pipe");
     }
-    let out = BufWriter::with_capacity(IO_BUFFER, stdout.lock());
-    nar::fs::dump_path(&args.path, out)
+    // A plain file handle on fd 1, not Rust's line-buffered stdout: the NAR
+    // writer batches small writes itself, and large file contents go
+    // file → stdout inside the kernel (sendfile) without a copy.
+    let fd = std::os::fd::AsFd::as_fd(&stdout)
+        .try_clone_to_owned()
+        .context("cannot use stdout")?;
+    nar::fs::dump_path_to_file(&args.path, File::from(fd))
         .with_context(|| format!("cannot dump {}", args.path.display()))?;
     Ok(())
 }

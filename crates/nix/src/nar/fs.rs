@@ -70,26 +70,49 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DumpError + '_ {
 /// Writes the NAR of `path` (not following a top-level symlink) to `out`.
 pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<W, DumpError> {
     let mut writer = NarWriter::new(out);
-    dump_node(path, &mut writer)?;
+    dump_node(path, None, &mut writer)?;
     writer.finish().map_err(|source| DumpError::Write {
         path: path.to_owned(),
         source,
     })
 }
 
-fn dump_node<W: Write>(path: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
-    let meta = fs::symlink_metadata(path).map_err(io_at(path))?;
+/// Writes the NAR of `path` to an open file or pipe, letting the kernel
+/// move file contents straight into it where it can (sendfile).
+pub fn dump_path_to_file(path: &Path, out: File) -> Result<File, DumpError> {
+    let fd = std::os::fd::AsFd::as_fd(&out)
+        .try_clone_to_owned()
+        .map_err(io_at(path))?;
+    let mut writer = NarWriter::new(out).with_output_fd(fd);
+    dump_node(path, None, &mut writer)?;
+    writer.finish().map_err(|source| DumpError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Archives one node. `known` is the type read from the parent directory
+/// (d_type), which spares an lstat per entry; the root is lstat'ed.
+fn dump_node<W: Write>(
+    path: &Path,
+    known: Option<fs::FileType>,
+    w: &mut NarWriter<W>,
+) -> Result<(), DumpError> {
+    let ft = match known {
+        Some(ft) => ft,
+        None => fs::symlink_metadata(path).map_err(io_at(path))?.file_type(),
+    };
     let write_err = |source| DumpError::Write {
         path: path.to_owned(),
         source,
     };
-    let ft = meta.file_type();
     if ft.is_symlink() {
         let target = fs::read_link(path).map_err(io_at(path))?;
         w.symlink(target.as_os_str().as_bytes()).map_err(write_err)
     } else if ft.is_file() {
-        // O_NOFOLLOW: if the file was swapped for a symlink since lstat, fail
-        // rather than archive what the link points at.
+        // O_NOFOLLOW: if the file was swapped for a symlink since it was
+        // listed, fail rather than archive what the link points at. Size
+        // and mode come from the opened file itself.
         let mut file = OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
@@ -97,24 +120,25 @@ fn dump_node<W: Write>(path: &Path, w: &mut NarWriter<W>) -> Result<(), DumpErro
             .map_err(io_at(path))?;
         let meta = file.metadata().map_err(io_at(path))?;
         let executable = meta.mode() & 0o100 != 0;
-        w.file(executable, meta.len(), &mut file).map_err(write_err)
+        w.file_from(executable, meta.len(), &mut file)
+            .map_err(write_err)
     } else if ft.is_dir() {
-        let mut names: Vec<OsString> = fs::read_dir(path)
+        let mut entries: Vec<(OsString, fs::FileType)> = fs::read_dir(path)
             .map_err(io_at(path))?
-            .map(|e| e.map(|e| e.file_name()))
+            .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
             .collect::<Result<_, _>>()
             .map_err(io_at(path))?;
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         w.directory().map_err(write_err)?;
         let mut child = path.to_path_buf();
-        for name in names {
+        for (name, child_type) in entries {
             child.push(&name);
             w.entry(name.as_bytes())
                 .map_err(|source| DumpError::Write {
                     path: child.clone(),
                     source,
                 })?;
-            dump_node(&child, w)?;
+            dump_node(&child, Some(child_type), w)?;
             child.pop();
         }
         w.end_directory().map_err(write_err)

@@ -33,11 +33,11 @@ pub enum NarWriteError {
 }
 
 /// Files up to this size are copied into the output queue, not streamed.
-const SMALL_FILE: u64 = 64 * 1024;
+const SMALL_FILE: u64 = 32 * 1024;
 /// Buffer for streaming large file contents.
-const COPY_BUFFER: usize = 128 * 1024;
+const COPY_BUFFER: usize = 64 * 1024;
 /// Queued output is written once it reaches this size.
-pub(crate) const QUEUE_LIMIT: usize = 128 * 1024;
+pub(crate) const QUEUE_LIMIT: usize = 64 * 1024;
 
 /// Appends a length-prefixed, zero-padded string.
 pub(crate) fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -178,6 +178,9 @@ pub struct NarWriter<W: Write> {
     /// Set by any error: the output may hold half a node, so nothing more
     /// may be appended to it.
     failed: bool,
+    /// The output's file descriptor, when the caller offered it: file
+    /// contents can then move in the kernel (sendfile), without a copy.
+    out_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl<W: Write> NarWriter<W> {
@@ -188,7 +191,64 @@ impl<W: Write> NarWriter<W> {
             enc: Encoder::new(),
             copy_buf: Vec::new(),
             failed: false,
+            out_fd: None,
         }
+    }
+
+    /// Lets [`NarWriter::file_from`] hand file contents to the kernel:
+    /// `fd` must refer to the same file or pipe that `out` writes to.
+    pub fn with_output_fd(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.out_fd = Some(fd);
+        self
+    }
+
+    /// A regular file read from an open file. With an output fd (see
+    /// [`NarWriter::with_output_fd`]) large contents go file → output inside
+    /// the kernel; otherwise this is [`NarWriter::file`].
+    pub fn file_from(
+        &mut self,
+        executable: bool,
+        size: u64,
+        file: &mut std::fs::File,
+    ) -> Result<(), NarWriteError> {
+        if self.out_fd.is_none() || size <= SMALL_FILE {
+            return self.file(executable, size, file);
+        }
+        self.guard(|w| {
+            w.enc.file_header(executable, size)?;
+            w.flush_queued()?;
+            w.out.flush()?;
+            let copied = w.send_file(file, size)?;
+            if copied != size {
+                return Err(NarWriteError::SizeMismatch {
+                    expected: size,
+                    actual: copied,
+                });
+            }
+            w.enc.file_trailer(size);
+            w.maybe_flush()
+        })
+    }
+
+    fn send_file(&mut self, file: &mut std::fs::File, size: u64) -> io::Result<u64> {
+        let mut copied = 0u64;
+        while copied < size {
+            let Some(out) = &self.out_fd else { break };
+            let want = (size - copied).min(1 << 30) as usize;
+            match rustix::fs::sendfile(out, &*file, None, want) {
+                Ok(0) => break,
+                Ok(n) => copied += n as u64,
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                // Not possible between these two (e.g. a socket type the
+                // kernel refuses): carry on in user space from here.
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) if copied == 0 => {
+                    self.out_fd = None;
+                    return self.copy_large(&mut Read::take(&mut *file, size));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(copied)
     }
 
     fn flush_queued(&mut self) -> io::Result<()> {
@@ -237,8 +297,21 @@ impl<W: Write> NarWriter<W> {
         self.enc.file_header(executable, size)?;
         let mut source = (&mut *contents).take(size);
         let copied = if size <= SMALL_FILE {
-            // Small files join the queued structure: one write for many files.
-            source.read_to_end(&mut self.enc.buf)? as u64
+            // Small files join the queued structure: one write for many
+            // files, and (for a regular file) one read each.
+            let start = self.enc.buf.len();
+            self.enc.buf.resize(start + size as usize, 0);
+            let mut filled = 0;
+            while filled < size as usize {
+                match source.read(&mut self.enc.buf[start + filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.enc.buf.truncate(start + filled);
+            filled as u64
         } else {
             self.flush_queued()?;
             self.copy_large(&mut source)?
