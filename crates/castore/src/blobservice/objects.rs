@@ -72,20 +72,10 @@ pub struct ObjectsBlobService {
 impl ObjectsBlobService {
     /// Opens (creating if needed) an object directory.
     pub fn open(root: &Path, compression: Compression) -> Result<Self, Error> {
-        // All 2 × 256 shard directories exist up front, so a write never
-        // needs a mkdir; the marker says the layout is complete.
-        let marker = root.join("layout-v1");
-        if !marker.exists() {
-            fs::create_dir_all(root.join("tmp"))?;
-            for kind in ["chunks", "blobs"] {
-                for shard in 0..=255u8 {
-                    fs::create_dir_all(root.join(kind).join(format!("{shard:02x}")))?;
-                }
-            }
-            fs::write(
-                &marker,
-                b"chunks/ and blobs/ sharded by the first byte of the BLAKE3 digest\n",
-            )?;
+        // Shard directories are made on first use: a small store does not
+        // pay for 512 mkdirs it may never need.
+        for sub in ["chunks", "blobs", "tmp"] {
+            fs::create_dir_all(root.join(sub))?;
         }
         clean_stale_temp_files(&root.join("tmp"));
         Ok(ObjectsBlobService {
@@ -152,6 +142,9 @@ impl Inner {
                 f.write_all(part)?;
             }
             drop(f);
+            if let Some(shard) = dest.parent() {
+                fs::create_dir_all(shard)?;
+            }
             fs::rename(&tmp, &dest)
         })();
         if let Err(e) = result {
@@ -164,11 +157,16 @@ impl Inner {
     fn write_unnamed(&self, dest: &Path, contents: &[&[u8]]) -> Result<(), UnnamedError> {
         use rustix::fs::{AtFlags, Mode, OFlags};
         let dir = dest.parent().ok_or(UnnamedError::Unsupported)?;
-        let fd = match rustix::fs::open(
-            dir,
-            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        ) {
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o644);
+        let opened = match rustix::fs::open(dir, flags, mode) {
+            Err(rustix::io::Errno::NOENT) => {
+                fs::create_dir_all(dir).map_err(UnnamedError::Io)?;
+                rustix::fs::open(dir, flags, mode)
+            }
+            other => other,
+        };
+        let fd = match opened {
             Ok(fd) => fd,
             Err(e)
                 if e == rustix::io::Errno::OPNOTSUPP
@@ -488,16 +486,17 @@ impl BlobWriter for ObjectsBlobWriter {
                 .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?
                 .finalize(),
         );
-        let inner = self.inner.clone();
         let chunks = std::mem::take(&mut self.chunks);
-        blocking(move || match chunks.len() {
-            // Only the empty blob has no chunk written by flush: it is one empty chunk.
-            0 => inner.write_chunk(&[]).map(|_| ()),
-            // One chunk: the blob is that chunk, and its file is the blob.
-            1 => Ok(()),
-            _ => inner.write_list(&digest, &chunks),
-        })
-        .await?;
+        // One chunk: the blob is that chunk, already written by flush.
+        if chunks.len() != 1 {
+            let inner = self.inner.clone();
+            blocking(move || match chunks.len() {
+                // Only the empty blob has no chunk written by flush.
+                0 => inner.write_chunk(&[]).map(|_| ()),
+                _ => inner.write_list(&digest, &chunks),
+            })
+            .await?;
+        }
         Ok(digest)
     }
 }

@@ -105,26 +105,43 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
     Ok(entries)
 }
 
-/// Reads up to one piece; returns the file again so the next piece can follow.
-fn read_piece(mut file: std::fs::File) -> (std::fs::File, std::io::Result<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(READ_PIECE);
-    let r = (&mut file).take(READ_PIECE as u64).read_to_end(&mut buf);
-    (file, r.map(|_| buf))
+/// Reads the next piece of a file whose size is known: exactly
+/// `min(left, READ_PIECE)` bytes, in as many reads as that takes (one, for
+/// a regular file), or fewer if the file shrank.
+fn read_piece(mut file: std::fs::File, left: u64) -> (std::fs::File, std::io::Result<Vec<u8>>) {
+    let want = left.min(READ_PIECE as u64) as usize;
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    let r = loop {
+        if filled == want {
+            break Ok(());
+        }
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break Ok(()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    buf.truncate(filled);
+    (file, r.map(|()| buf))
 }
 
-/// Streams one file into a blob, checking it did not change size. Files up
-/// to one piece (most of them) cost one blocking hop to read.
+/// Streams one file into a blob. The size comes from the walk; a file
+/// that turns out shorter is an error (it changed while being imported).
+/// A file up to one piece (most of them) costs one blocking hop to read.
 pub async fn upload_file(
     blobs: &dyn BlobService,
     path: &Path,
     expected: u64,
 ) -> Result<B3Digest, ImportError> {
     let p = path.to_owned();
-    let first = tokio::task::spawn_blocking(move || std::fs::File::open(&p).map(read_piece))
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?
-        .map_err(io_at(path))?;
-    let (mut file, mut piece) = first;
+    let (mut file, mut piece) = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&p).map(|f| read_piece(f, expected))
+    })
+    .await
+    .map_err(|e| Error::Storage(e.to_string()))?
+    .map_err(io_at(path))?;
     let mut writer = blobs.open_write().await;
     let mut total = 0u64;
     loop {
@@ -133,29 +150,12 @@ pub async fn upload_file(
             break;
         }
         total += buf.len() as u64;
-        if total > expected {
-            break;
-        }
-        let short = buf.len() < READ_PIECE;
         writer.write(&buf).await?;
-        if short {
-            // read_to_end stopped at end of file.
+        if total >= expected {
             break;
         }
-        if total == expected {
-            // Do not wait for a read that returns nothing.
-            let (f, r) = tokio::task::spawn_blocking(move || {
-                let mut probe = [0u8; 1];
-                let r = (&file).read(&mut probe);
-                (file, r)
-            })
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?;
-            file = f;
-            total += r.map_err(io_at(path))? as u64;
-            break;
-        }
-        let (f, next) = tokio::task::spawn_blocking(move || read_piece(file))
+        let left = expected - total;
+        let (f, next) = tokio::task::spawn_blocking(move || read_piece(file, left))
             .await
             .map_err(|e| Error::Storage(e.to_string()))?;
         file = f;

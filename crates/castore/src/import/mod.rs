@@ -39,7 +39,7 @@ pub enum ImportError {
         "{0}: unsupported file type (only regular files, directories and symlinks can be imported)"
     )]
     UnsupportedType(PathBuf),
-    /// A file whose size changed while it was read.
+    /// A file that shrank while it was read.
     #[error("{path}: changed while being imported ({expected} bytes expected, {actual} read)")]
     Changed {
         /// Where.
