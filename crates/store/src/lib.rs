@@ -1,0 +1,12 @@
+//! The Nix layer of Cairn (SPEC §2): a `PathInfo` maps a Nix store path to
+//! its castore root node plus the Nix metadata (references, NAR hash and
+//! size, signatures, deriver, content address), from which narinfos and
+//! NARs can be rendered byte-identical to Nix's.
+//!
+//! This crate must not reimplement castore or the Nix formats: it joins
+//! `cairn-castore` and `cairn-nix`.
+
+mod pathinfo;
+pub mod proto;
+
+pub use pathinfo::{PathInfo, PathInfoError};
