@@ -7,6 +7,8 @@
 //! `cairn-castore` and `cairn-nix`.
 
 mod pathinfo;
+pub mod pathinfoservice;
 pub mod proto;
 
 pub use pathinfo::{PathInfo, PathInfoError};
+pub use pathinfoservice::PathInfoService;
