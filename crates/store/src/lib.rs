@@ -9,6 +9,7 @@
 mod pathinfo;
 pub mod pathinfoservice;
 pub mod proto;
+pub mod render;
 
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
