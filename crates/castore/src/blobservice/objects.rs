@@ -207,7 +207,11 @@ impl Inner {
     }
 
     fn write_chunk(&self, data: &[u8]) -> Result<ChunkMeta, Error> {
-        let digest = B3Digest::of(data);
+        self.write_chunk_as(data, B3Digest::of(data))
+    }
+
+    /// Writes a chunk whose digest the caller has already computed.
+    fn write_chunk_as(&self, data: &[u8], digest: B3Digest) -> Result<ChunkMeta, Error> {
         let meta = ChunkMeta {
             digest,
             size: data.len() as u64,
@@ -447,12 +451,14 @@ impl ObjectsBlobWriter {
             hasher.update(&buf[hashed..]);
             let mut chunks = Vec::new();
             let mut start = 0;
-            let lengths = if eof && first && buf.len() <= WHOLE_BLOB_MAX {
-                vec![buf.len()]
-            } else {
-                chunker::cut(&buf, eof)
-            };
-            for len in lengths {
+            if eof && first && buf.len() <= WHOLE_BLOB_MAX {
+                // Stored whole: the blob's digest is the chunk's, and the
+                // blob hasher has just seen every byte, so hash only once.
+                let digest = B3Digest::from(hasher.clone().finalize());
+                let chunk = inner.write_chunk_as(&buf, digest)?;
+                return Ok((hasher, Vec::new(), vec![chunk]));
+            }
+            for len in chunker::cut(&buf, eof) {
                 chunks.push(inner.write_chunk(&buf[start..start + len])?);
                 start += len;
             }
