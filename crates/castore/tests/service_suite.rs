@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
-use cairn_castore::blobservice::{put_bytes, read_to_vec};
+use cairn_castore::blobservice::{put_bytes, read_to_vec, FileIngestError};
 use cairn_castore::directoryservice::put_closure;
 use cairn_castore::{
     B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
@@ -196,6 +196,52 @@ async fn blob_unclosed_writer_leaves_nothing(b: Backend) {
     assert!(!b.blobs.has(&B3Digest::of(&data)).await.unwrap());
 }
 
+async fn blob_ingest_file(b: Backend) {
+    let src = tempfile::tempdir().unwrap();
+    for len in [0usize, 5, 1024 * 1024, 1024 * 1024 + 1, 5 * 1024 * 1024 + 3] {
+        let data = pseudo_random_bytes(len as u64 + 77, len);
+        let path = src.path().join(format!("f{len}"));
+        std::fs::write(&path, &data).unwrap();
+        let digest = b.blobs.ingest_file(&path, len as u64).await.unwrap();
+        assert_eq!(digest, B3Digest::of(&data), "len {len}");
+        assert_eq!(
+            read_to_vec(b.blobs.as_ref(), &digest).await.unwrap(),
+            Some(data),
+            "len {len}"
+        );
+    }
+    // A file whose length differs from the one it was listed with (it
+    // changed in between) is refused, and no blob appears for it.
+    for (len, listed) in [
+        (100usize, 101u64),
+        (100, 99),
+        (3 * 1024 * 1024, 2 * 1024 * 1024),
+    ] {
+        let data = pseudo_random_bytes(len as u64 + 991, len);
+        let path = src.path().join("changing");
+        std::fs::write(&path, &data).unwrap();
+        let err = b.blobs.ingest_file(&path, listed).await.unwrap_err();
+        assert!(
+            matches!(err, FileIngestError::Changed { expected, .. } if expected == listed),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("changed while being imported"),
+            "{err}"
+        );
+        assert!(!b.blobs.has(&B3Digest::of(&data)).await.unwrap());
+        let prefix = &data[..(listed as usize).min(len)];
+        assert!(!b.blobs.has(&B3Digest::of(prefix)).await.unwrap());
+    }
+    let err = b
+        .blobs
+        .ingest_file(&src.path().join("absent"), 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FileIngestError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("absent"), "{err}");
+}
+
 async fn directory_round_trips(b: Backend) {
     let rule = b.dirs.size_rule();
     let dirs = closure(rule);
@@ -293,6 +339,8 @@ macro_rules! suite {
             async fn blob_random_access() { super::blob_random_access(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn blob_unclosed_writer_leaves_nothing() { super::blob_unclosed_writer_leaves_nothing(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blob_ingest_file() { super::blob_ingest_file(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn directory_round_trips() { super::directory_round_trips(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

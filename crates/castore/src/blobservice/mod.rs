@@ -5,6 +5,7 @@
 //! digest); chunk boundaries never change a blob's digest. Every byte a
 //! reader returns has been verified against the digest it was stored under.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,9 +14,11 @@ use tokio::io::{AsyncRead, AsyncSeek};
 use crate::{B3Digest, Error};
 
 pub mod chunker;
+mod ingest;
 mod memory;
 mod objects;
 
+pub use ingest::FileIngestError;
 pub use memory::MemoryBlobService;
 pub use objects::{Compression, ObjectsBlobService};
 
@@ -57,6 +60,14 @@ pub trait BlobService: Send + Sync {
     /// The blob's chunks: `None` if the blob does not exist, an empty list
     /// if it has no finer chunks.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+    /// Stores the contents of a local file of `expected` bytes and returns
+    /// the blob's digest. The default streams it through
+    /// [`open_write`](Self::open_write); backends on local disk override it
+    /// to do the whole job in one step, which is what makes importing many
+    /// small files cheap.
+    async fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
+        ingest::ingest_through_writer(self, path, expected).await
+    }
     /// Makes everything written so far durable (before metadata that refers
     /// to it is committed). A no-op for backends that are durable per write.
     async fn sync(&self) -> Result<(), Error> {

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
 use super::chunker;
+use super::ingest::{fill, has_more, FileIngestError, READ_PIECE};
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 use crate::util::blocking;
 use crate::{B3Digest, Error};
@@ -393,11 +394,16 @@ impl BlobService for ObjectsBlobService {
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         Box::new(ObjectsBlobWriter {
             inner: self.inner.clone(),
-            buf: Vec::new(),
-            hashed: 0,
-            hasher: Some(blake3::Hasher::new()),
-            chunks: Vec::new(),
+            assembly: Some(Assembly::new()),
         })
+    }
+
+    async fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
+        let inner = self.inner.clone();
+        let p = path.to_owned();
+        tokio::task::spawn_blocking(move || inner.ingest_file(&p, expected))
+            .await
+            .map_err(|e| Error::Storage(format!("blocking task failed: {e}")))?
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -425,85 +431,154 @@ impl BlobService for ObjectsBlobService {
     }
 }
 
-struct ObjectsBlobWriter {
-    inner: Arc<Inner>,
+/// A blob being assembled: bytes not yet cut, the running whole-blob
+/// hash, and the chunks written so far. Synchronous, so that both the async
+/// writer (a blocking hop per flush) and `ingest_file` (one hop for the
+/// whole file) share it.
+struct Assembly {
     /// Bytes not yet cut into chunks.
     buf: Vec<u8>,
     /// How much of `buf` the hasher has seen.
     hashed: usize,
-    hasher: Option<blake3::Hasher>,
+    hasher: blake3::Hasher,
     chunks: Vec<ChunkMeta>,
 }
 
-impl ObjectsBlobWriter {
-    /// Hashes and chunks what is buffered (all of it when `eof`) on a
-    /// blocking thread, writing chunk files as it goes.
-    async fn flush(&mut self, eof: bool) -> Result<(), Error> {
-        let inner = self.inner.clone();
-        let buf = std::mem::take(&mut self.buf);
-        let hashed = self.hashed;
-        let first = self.chunks.is_empty();
-        let mut hasher = self
-            .hasher
-            .take()
-            .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?;
-        let (hasher, rest, chunks) = blocking(move || {
-            hasher.update(&buf[hashed..]);
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            if eof && first && buf.len() <= WHOLE_BLOB_MAX {
-                // Stored whole: the blob's digest is the chunk's, and the
-                // blob hasher has just seen every byte, so hash only once.
-                let digest = B3Digest::from(hasher.clone().finalize());
-                let chunk = inner.write_chunk_as(&buf, digest)?;
-                return Ok((hasher, Vec::new(), vec![chunk]));
-            }
-            for len in chunker::cut(&buf, eof) {
-                chunks.push(inner.write_chunk(&buf[start..start + len])?);
-                start += len;
-            }
-            Ok((hasher, buf[start..].to_vec(), chunks))
-        })
-        .await?;
-        self.hashed = rest.len();
-        self.buf = rest;
-        self.hasher = Some(hasher);
-        self.chunks.extend(chunks);
+impl Assembly {
+    fn new() -> Self {
+        Assembly {
+            buf: Vec::new(),
+            hashed: 0,
+            hasher: blake3::Hasher::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Cutting starts only once the blob is too big to be stored whole.
+    fn should_cut(&self) -> bool {
+        self.buf.len() > WHOLE_BLOB_MAX
+    }
+
+    /// Hashes and cuts what is buffered (all of it when `eof`), writing
+    /// chunk files as it goes.
+    fn cut(&mut self, inner: &Inner, eof: bool) -> Result<(), Error> {
+        self.hasher.update(&self.buf[self.hashed..]);
+        if eof && self.chunks.is_empty() && self.buf.len() <= WHOLE_BLOB_MAX {
+            // Stored whole: the blob's digest is the chunk's, and the blob
+            // hasher has just seen every byte, so hash only once.
+            let digest = B3Digest::from(self.hasher.finalize());
+            let chunk = inner.write_chunk_as(&self.buf, digest)?;
+            self.chunks.push(chunk);
+            self.buf = Vec::new();
+            self.hashed = 0;
+            return Ok(());
+        }
+        let mut start = 0;
+        for len in chunker::cut(&self.buf, eof) {
+            self.chunks
+                .push(inner.write_chunk(&self.buf[start..start + len])?);
+            start += len;
+        }
+        self.buf.drain(..start);
+        self.hashed = self.buf.len();
         Ok(())
+    }
+
+    /// Cuts the rest and makes the blob visible under its digest.
+    fn finish(mut self, inner: &Inner) -> Result<B3Digest, Error> {
+        self.cut(inner, true)?;
+        let digest = B3Digest::from(self.hasher.finalize());
+        match self.chunks.len() {
+            // Only the empty blob has no chunk written by `cut`.
+            0 => {
+                inner.write_chunk(&[])?;
+            }
+            // One chunk: the blob is that chunk, already written.
+            1 => {}
+            _ => inner.write_list(&digest, &self.chunks)?,
+        }
+        Ok(digest)
+    }
+}
+
+impl Inner {
+    /// `ingest_file` in one synchronous step: the file is read straight
+    /// into the assembly buffer, a piece at a time.
+    fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
+        let read_err = FileIngestError::read(path);
+        let mut file = fs::File::open(path).map_err(FileIngestError::read(path))?;
+        let mut assembly = Assembly::new();
+        let mut total = 0u64;
+        let result = loop {
+            let want = (expected - total).min(READ_PIECE as u64) as usize;
+            if want == 0 {
+                break has_more(&mut file).map(|more| total + u64::from(more));
+            }
+            let before = assembly.buf.len();
+            assembly.buf.resize(before + want, 0);
+            let got = fill(&mut file, &mut assembly.buf[before..]);
+            assembly.buf.truncate(before + *got.as_ref().unwrap_or(&0));
+            match got {
+                Ok(0) => break Ok(total),
+                Ok(n) => total += n as u64,
+                Err(e) => break Err(e),
+            }
+            if assembly.should_cut() {
+                assembly.cut(self, false)?;
+            }
+        };
+        let actual = result.map_err(read_err)?;
+        if actual != expected {
+            return Err(FileIngestError::Changed {
+                path: path.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        Ok(assembly.finish(self)?)
+    }
+}
+
+struct ObjectsBlobWriter {
+    inner: Arc<Inner>,
+    /// `None` after a failed cut: the writer is then unusable.
+    assembly: Option<Assembly>,
+}
+
+impl ObjectsBlobWriter {
+    fn take_assembly(&mut self) -> Result<Assembly, Error> {
+        self.assembly
+            .take()
+            .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))
     }
 }
 
 #[async_trait]
 impl BlobWriter for ObjectsBlobWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.buf.extend_from_slice(data);
-        // Cutting starts only once the blob is too big to be stored whole.
-        if self.buf.len() > WHOLE_BLOB_MAX {
-            self.flush(false).await?;
+        let assembly = self
+            .assembly
+            .as_mut()
+            .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?;
+        assembly.buf.extend_from_slice(data);
+        if assembly.should_cut() {
+            let mut assembly = self.take_assembly()?;
+            let inner = self.inner.clone();
+            self.assembly = Some(
+                blocking(move || {
+                    assembly.cut(&inner, false)?;
+                    Ok(assembly)
+                })
+                .await?,
+            );
         }
         Ok(())
     }
 
     async fn close(mut self: Box<Self>) -> Result<B3Digest, Error> {
-        self.flush(true).await?;
-        let digest = B3Digest::from(
-            self.hasher
-                .take()
-                .ok_or_else(|| Error::Storage("blob writer used after a failure".into()))?
-                .finalize(),
-        );
-        let chunks = std::mem::take(&mut self.chunks);
-        // One chunk: the blob is that chunk, already written by flush.
-        if chunks.len() != 1 {
-            let inner = self.inner.clone();
-            blocking(move || match chunks.len() {
-                // Only the empty blob has no chunk written by flush.
-                0 => inner.write_chunk(&[]).map(|_| ()),
-                _ => inner.write_list(&digest, &chunks),
-            })
-            .await?;
-        }
-        Ok(digest)
+        let assembly = self.take_assembly()?;
+        let inner = self.inner.clone();
+        blocking(move || assembly.finish(&inner)).await
     }
 }
 

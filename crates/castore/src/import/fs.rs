@@ -2,9 +2,8 @@
 //! bounded parallelism, then put the directory closure leaves first.
 //!
 //! Memory is bounded by the tree's entry count (names and small metadata),
-//! never by file sizes: contents stream through in 4 MiB pieces.
+//! never by file sizes: the blob service reads contents in pieces.
 
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,10 +16,6 @@ use super::{ImportError, Progress};
 use crate::{
     B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
 };
-
-/// Files are read in pieces of this size; with several files in flight,
-/// this (not file size) bounds an import's memory.
-const READ_PIECE: usize = 1024 * 1024;
 
 enum Kind {
     Directory { children: Vec<usize> },
@@ -105,73 +100,6 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
     Ok(entries)
 }
 
-/// Reads the next piece of a file whose size is known: exactly
-/// `min(left, READ_PIECE)` bytes, in as many reads as that takes (one, for
-/// a regular file), or fewer if the file shrank.
-fn read_piece(mut file: std::fs::File, left: u64) -> (std::fs::File, std::io::Result<Vec<u8>>) {
-    let want = left.min(READ_PIECE as u64) as usize;
-    let mut buf = vec![0u8; want];
-    let mut filled = 0;
-    let r = loop {
-        if filled == want {
-            break Ok(());
-        }
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break Ok(()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    buf.truncate(filled);
-    (file, r.map(|()| buf))
-}
-
-/// Streams one file into a blob. The size comes from the walk; a file
-/// that turns out shorter is an error (it changed while being imported).
-/// A file up to one piece (most of them) costs one blocking hop to read.
-pub async fn upload_file(
-    blobs: &dyn BlobService,
-    path: &Path,
-    expected: u64,
-) -> Result<B3Digest, ImportError> {
-    let p = path.to_owned();
-    let (mut file, mut piece) = tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&p).map(|f| read_piece(f, expected))
-    })
-    .await
-    .map_err(|e| Error::Storage(e.to_string()))?
-    .map_err(io_at(path))?;
-    let mut writer = blobs.open_write().await;
-    let mut total = 0u64;
-    loop {
-        let buf = piece.map_err(io_at(path))?;
-        if buf.is_empty() {
-            break;
-        }
-        total += buf.len() as u64;
-        writer.write(&buf).await?;
-        if total >= expected {
-            break;
-        }
-        let left = expected - total;
-        let (f, next) = tokio::task::spawn_blocking(move || read_piece(file, left))
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?;
-        file = f;
-        piece = next;
-    }
-    drop(file);
-    if total != expected {
-        return Err(ImportError::Changed {
-            path: path.to_owned(),
-            expected,
-            actual: total,
-        });
-    }
-    Ok(writer.close().await?)
-}
-
 /// Imports the tree at `path` and returns its root node. A symlink at
 /// `path` is imported as a symlink, not followed.
 pub async fn import_path(
@@ -184,6 +112,7 @@ pub async fn import_path(
     let entries = tokio::task::spawn_blocking(move || walk(&root))
         .await
         .map_err(|e| Error::Storage(e.to_string()))??;
+    tracing::debug!(entries = entries.len(), "walked {}", path.display());
 
     let files: Vec<(usize, u64)> = entries
         .iter()
@@ -205,7 +134,7 @@ pub async fn import_path(
     let blobs_ref = &blobs;
     let mut uploads = futures::stream::iter(files)
         .map(|(i, size)| async move {
-            let d = upload_file(blobs_ref.as_ref(), &entries_ref[i].path, size).await?;
+            let d = blobs_ref.ingest_file(&entries_ref[i].path, size).await?;
             progress.file_done(size);
             Ok::<_, ImportError>((i, d))
         })
@@ -214,8 +143,10 @@ pub async fn import_path(
         digests[i] = Some(d);
     }
     drop(uploads);
+    tracing::debug!("file contents stored");
     // Directory records must not become durable before the blobs they reach.
     blobs.sync().await?;
+    tracing::debug!("blobs synced");
 
     // Then directories, children before parents (reverse pre-order).
     let mut nodes: Vec<Option<Node>> = vec![None; entries.len()];
@@ -266,6 +197,7 @@ pub async fn import_path(
     }
     if any_dir {
         putter.close().await?;
+        tracing::debug!("directories committed");
     }
     nodes.into_iter().next().flatten().ok_or_else(|| {
         ImportError::Castore(Error::Storage(format!(

@@ -69,3 +69,22 @@ pub enum ImportError {
     #[error(transparent)]
     Castore(#[from] Error),
 }
+
+impl From<crate::blobservice::FileIngestError> for ImportError {
+    fn from(e: crate::blobservice::FileIngestError) -> Self {
+        use crate::blobservice::FileIngestError as F;
+        match e {
+            F::Read { path, source } => ImportError::Io { path, source },
+            F::Changed {
+                path,
+                expected,
+                actual,
+            } => ImportError::Changed {
+                path,
+                expected,
+                actual,
+            },
+            F::Store(e) => ImportError::Castore(e),
+        }
+    }
+}
