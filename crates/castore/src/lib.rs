@@ -14,6 +14,7 @@ pub mod blobservice;
 mod digest;
 mod directory;
 pub mod directoryservice;
+pub mod embedded;
 mod error;
 pub mod export;
 pub mod import;

@@ -6,15 +6,13 @@
 //! The database also records the store's size rule, so a store is never
 //! opened with the other one.
 //!
-//! redb allows one process at a time per file. A second process waits for
-//! the lock (logging that it waits) and gives up with a clear error after
-//! `CAIRN_LOCK_TIMEOUT` seconds (default 60).
+//! redb allows one process at a time per file; see [`crate::embedded`] for
+//! how a second process waits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use ::redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -47,7 +45,7 @@ impl RedbDirectoryService {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let db = open_waiting(path)?;
+        let db = crate::embedded::open_redb(path)?;
         let txn = db.begin_write().map_err(db_err)?;
         let stored = {
             let mut settings = txn.open_table(SETTINGS).map_err(db_err)?;
@@ -109,38 +107,6 @@ fn verify(digest: &B3Digest, bytes: &[u8]) -> Result<Directory, Error> {
         });
     }
     Ok(dir)
-}
-
-fn open_waiting(path: &Path) -> Result<Database, Error> {
-    let timeout = std::env::var("CAIRN_LOCK_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(60), Duration::from_secs);
-    let start = Instant::now();
-    let mut warned = false;
-    loop {
-        match Database::create(path) {
-            Ok(db) => return Ok(db),
-            Err(DatabaseError::DatabaseAlreadyOpen) => {
-                if start.elapsed() >= timeout {
-                    return Err(Error::Storage(format!(
-                        "{} is locked by another cairn process (gave up after {}s; set CAIRN_LOCK_TIMEOUT to wait longer)",
-                        path.display(),
-                        timeout.as_secs()
-                    )));
-                }
-                if !warned {
-                    tracing::warn!(
-                        "{} is in use by another cairn process; waiting for it",
-                        path.display()
-                    );
-                    warned = true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(db_err(format!("{}: {e}", path.display()))),
-        }
-    }
 }
 
 #[async_trait]

@@ -9,25 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use super::tree::{EntryId, TreeBuilder};
 use super::{ImportError, Progress};
-use crate::{
-    B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
-};
-
-enum Kind {
-    Directory { children: Vec<usize> },
-    File { size: u64, executable: bool },
-    Symlink { target: Vec<u8> },
-}
-
-struct Entry {
-    path: PathBuf,
-    name: Vec<u8>,
-    kind: Kind,
-}
+use crate::{BlobService, DirectoryService, Error, Node};
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     move |source| ImportError::Io {
@@ -36,11 +22,17 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     }
 }
 
+/// A file to store: its entry, path and size at walk time.
+struct FileToStore {
+    id: EntryId,
+    path: PathBuf,
+    size: u64,
+}
+
 /// Lists the tree in pre-order (parents before children), names sorted.
-fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
-    let mut entries: Vec<Entry> = Vec::new();
-    // Index of the open directory at each depth.
-    let mut open: Vec<usize> = Vec::new();
+fn walk(root: &Path) -> Result<(TreeBuilder, Vec<FileToStore>), ImportError> {
+    let mut tree = TreeBuilder::new(root);
+    let mut files = Vec::new();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .follow_root_links(false)
@@ -55,49 +47,33 @@ fn walk(root: &Path) -> Result<Vec<Entry>, ImportError> {
                     .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
             }
         })?;
-        let path = item.path().to_owned();
+        tree.leave_to_depth(item.depth());
+        let name = item.file_name().as_bytes();
         let ft = item.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Directory {
-                children: Vec::new(),
-            }
+        if ft.is_dir() {
+            tree.directory(name);
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_at(&path))?;
-            Kind::Symlink {
-                target: target.as_os_str().as_bytes().to_vec(),
-            }
+            let target = std::fs::read_link(item.path()).map_err(io_at(item.path()))?;
+            tree.symlink(name, target.as_os_str().as_bytes());
         } else if ft.is_file() {
             let meta = item.metadata().map_err(|e| ImportError::Io {
-                path: path.clone(),
+                path: item.path().to_owned(),
                 source: e
                     .into_io_error()
                     .unwrap_or_else(|| std::io::Error::other("metadata")),
             })?;
-            Kind::File {
-                size: meta.len(),
-                executable: meta.permissions().mode() & 0o100 != 0,
-            }
+            let size = meta.len();
+            let id = tree.file(name, size, meta.permissions().mode() & 0o100 != 0);
+            files.push(FileToStore {
+                id,
+                path: item.into_path(),
+                size,
+            });
         } else {
-            return Err(ImportError::UnsupportedType(path));
-        };
-        let idx = entries.len();
-        let depth = item.depth();
-        open.truncate(depth);
-        if let Some(&parent) = open.last() {
-            if let Kind::Directory { children } = &mut entries[parent].kind {
-                children.push(idx);
-            }
+            return Err(ImportError::UnsupportedType(item.into_path()));
         }
-        if matches!(kind, Kind::Directory { .. }) {
-            open.push(idx);
-        }
-        entries.push(Entry {
-            name: item.file_name().as_bytes().to_vec(),
-            path,
-            kind,
-        });
     }
-    Ok(entries)
+    Ok((tree, files))
 }
 
 /// Imports the tree at `path` and returns its root node. A symlink at
@@ -109,100 +85,34 @@ pub async fn import_path(
     progress: &dyn Progress,
 ) -> Result<Node, ImportError> {
     let root = path.to_owned();
-    let entries = tokio::task::spawn_blocking(move || walk(&root))
+    let (mut tree, files) = tokio::task::spawn_blocking(move || walk(&root))
         .await
         .map_err(|e| Error::Storage(e.to_string()))??;
-    tracing::debug!(entries = entries.len(), "walked {}", path.display());
-
-    let files: Vec<(usize, u64)> = entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match e.kind {
-            Kind::File { size, .. } => Some((i, size)),
-            _ => None,
-        })
-        .collect();
-    progress.add_total(files.len() as u64, files.iter().map(|(_, s)| s).sum());
+    tracing::debug!(files = files.len(), "walked {}", path.display());
+    progress.add_total(files.len() as u64, files.iter().map(|f| f.size).sum());
 
     // Contents first, several files at a time (I/O and hashing overlap).
     let parallel = std::env::var("CAIRN_IMPORT_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get() * 4));
-    let mut digests: Vec<Option<B3Digest>> = vec![None; entries.len()];
-    let entries_ref = &entries;
     let blobs_ref = &blobs;
     let mut uploads = futures::stream::iter(files)
-        .map(|(i, size)| async move {
-            let d = blobs_ref.ingest_file(&entries_ref[i].path, size).await?;
-            progress.file_done(size);
-            Ok::<_, ImportError>((i, d))
+        .map(|f| async move {
+            let d = blobs_ref.ingest_file(&f.path, f.size).await?;
+            progress.file_done(f.size);
+            Ok::<_, ImportError>((f.id, d))
         })
         .buffer_unordered(parallel);
-    while let Some((i, d)) = uploads.try_next().await? {
-        digests[i] = Some(d);
+    while let Some((id, d)) = uploads.try_next().await? {
+        tree.set_digest(id, d);
     }
     drop(uploads);
     tracing::debug!("file contents stored");
     // Directory records must not become durable before the blobs they reach.
     blobs.sync().await?;
     tracing::debug!("blobs synced");
-
-    // Then directories, children before parents (reverse pre-order).
-    let mut nodes: Vec<Option<Node>> = vec![None; entries.len()];
-    let mut putter = dirs.put_multiple_start();
-    let mut any_dir = false;
-    let rule = dirs.size_rule();
-    for i in (0..entries.len()).rev() {
-        let e = &entries[i];
-        let invalid = |source| ImportError::Invalid {
-            path: e.path.clone(),
-            source,
-        };
-        let node = match &e.kind {
-            Kind::File { size, executable } => Node::File {
-                digest: digests[i]
-                    .ok_or_else(|| Error::Storage(format!("{}: not uploaded", e.path.display())))?,
-                size: *size,
-                executable: *executable,
-            },
-            Kind::Symlink { target } => Node::Symlink {
-                target: SymlinkTarget::new(Bytes::copy_from_slice(target), &e.name)
-                    .map_err(invalid)?,
-            },
-            Kind::Directory { children } => {
-                let mut dir = Directory::new();
-                for &c in children {
-                    let child = &entries[c];
-                    let name =
-                        PathComponent::try_from(child.name.as_slice()).map_err(|source| {
-                            ImportError::Invalid {
-                                path: child.path.clone(),
-                                source,
-                            }
-                        })?;
-                    let node = nodes[c].take().ok_or_else(|| {
-                        Error::Storage(format!("{}: child not built", child.path.display()))
-                    })?;
-                    dir.add(name, node).map_err(invalid)?;
-                }
-                let size = dir.size(rule).map_err(invalid)?;
-                let digest = dir.digest();
-                putter.put(dir).await?;
-                any_dir = true;
-                Node::Directory { digest, size }
-            }
-        };
-        nodes[i] = Some(node);
-    }
-    if any_dir {
-        putter.close().await?;
-        tracing::debug!("directories committed");
-    }
-    nodes.into_iter().next().flatten().ok_or_else(|| {
-        ImportError::Castore(Error::Storage(format!(
-            "{}: nothing imported",
-            path.display()
-        )))
-    })
+    let node = tree.finish(dirs).await?;
+    tracing::debug!("directories committed");
+    Ok(node)
 }

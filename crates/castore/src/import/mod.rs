@@ -3,6 +3,9 @@
 
 pub mod fs;
 pub mod tar;
+pub mod tree;
+
+pub use tree::{EntryId, TreeBuilder};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,259 @@
+//! NAR ingest: one streaming pass from any `AsyncRead` NAR into castore
+//! blobs and directories, computing the NAR's sha256 and size on the way.
+//!
+//! Parsing and hashing run on the calling task; every file's contents are
+//! handed to a task of their own that stores them, so hashing the NAR and
+//! storing blobs overlap. Memory is bounded by [`IN_FLIGHT_BYTES`] of file
+//! contents plus the tree's names, whatever the NAR's size.
+//!
+//! A NAR that turns out malformed (or truncated, or followed by junk) at
+//! any point leaves no directory and no PathInfo behind: blobs stored
+//! before the failure are unreferenced, and `cairn gc` removes them. This
+//! module does not create PathInfos; callers do, once they have checked
+//! the hash and size against what they expected.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use cairn_castore::blobservice::put_bytes;
+use cairn_castore::import::{EntryId, ImportError, Progress, TreeBuilder};
+use cairn_castore::{B3Digest, BlobService, DirectoryService, Node};
+use cairn_nix::hash::{HashAlgo, Hasher};
+use cairn_nix::nar::{AsyncNarReader, Event, NarError};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// File contents read from the NAR but not yet stored, at most. Together
+/// with the blob writers' own buffers this bounds an ingest's memory.
+pub const IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
+/// Contents up to this size are read whole and stored in one call; larger
+/// files stream to a blob writer in pieces of this size.
+const PIECE: usize = 1024 * 1024;
+/// The unit of the in-flight budget.
+const PERMIT_BYTES: usize = 64 * 1024;
+/// What a streaming blob writer may buffer on its own (chunking buffer).
+const WRITER_RESERVE: usize = 2 * PIECE;
+/// How much of the source is read at a time.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// What an ingest produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestedNar {
+    /// The root node (its name is the caller's to give).
+    pub node: Node,
+    /// The NAR's length in bytes.
+    pub nar_size: u64,
+    /// The NAR's sha256.
+    pub nar_sha256: [u8; 32],
+}
+
+/// Why a NAR could not be ingested.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// The NAR is malformed or truncated, or reading it failed.
+    #[error(transparent)]
+    Nar(#[from] NarError),
+    /// Building or storing the tree failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The blob or directory service failed.
+    #[error(transparent)]
+    Castore(#[from] cairn_castore::Error),
+}
+
+/// Hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            this.hasher.update(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+type Stored = Result<(EntryId, B3Digest), cairn_castore::Error>;
+
+/// Ingests the NAR read from `source`.
+pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
+    source: R,
+    blobs: Arc<dyn BlobService>,
+    dirs: &dyn DirectoryService,
+    progress: &dyn Progress,
+) -> Result<IngestedNar, IngestError> {
+    let hashing = HashingReader {
+        inner: source,
+        hasher: Hasher::new(HashAlgo::Sha256),
+    };
+    let mut nar = AsyncNarReader::new(BufReader::with_capacity(READ_BUFFER, hashing));
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES / PERMIT_BYTES));
+    let mut tree = TreeBuilder::new("NAR");
+    let mut stores: JoinSet<Stored> = JoinSet::new();
+    // The name the next node gets; the root's is empty.
+    let mut name: Vec<u8> = Vec::new();
+
+    while let Some(event) = nar.next().await? {
+        match event {
+            Event::Entry { name: n } => name = n,
+            Event::Directory => {
+                tree.directory(&name);
+            }
+            Event::EndDirectory => tree.end_directory(),
+            Event::Symlink { target } => {
+                tree.symlink(&name, &target);
+            }
+            Event::File {
+                executable, size, ..
+            } => {
+                let id = tree.file(&name, size, executable);
+                store_contents(&mut nar, id, size, &blobs, &budget, &mut stores).await?;
+                progress.file_done(size);
+            }
+        }
+        // Record what has finished, and stop early if a store failed.
+        while let Some(done) = stores.try_join_next() {
+            let (id, digest) = joined(done)?;
+            tree.set_digest(id, digest);
+        }
+    }
+    // The reader has checked that nothing follows the NAR, so everything
+    // hashed is the NAR.
+    let nar_size = nar.offset();
+    let nar_sha256 = nar
+        .into_inner()
+        .into_inner()
+        .hasher
+        .finish()
+        .sha256_bytes()
+        .map_err(|e| {
+            IngestError::Castore(cairn_castore::Error::Storage(format!("NAR hash: {e}")))
+        })?;
+
+    while let Some(done) = stores.join_next().await {
+        let (id, digest) = joined(done)?;
+        tree.set_digest(id, digest);
+    }
+    // Directory records must not become durable before the blobs they reach.
+    blobs.sync().await?;
+    let node = tree.finish(dirs).await?;
+    Ok(IngestedNar {
+        node,
+        nar_size,
+        nar_sha256,
+    })
+}
+
+fn joined(
+    done: Result<Stored, tokio::task::JoinError>,
+) -> Result<(EntryId, B3Digest), IngestError> {
+    let stored = done.map_err(|e| cairn_castore::Error::Storage(format!("blob task: {e}")))?;
+    Ok(stored?)
+}
+
+fn permits_for(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX)
+}
+
+async fn take_budget(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+) -> Result<OwnedSemaphorePermit, IngestError> {
+    budget
+        .clone()
+        .acquire_many_owned(permits_for(bytes))
+        .await
+        .map_err(|_| cairn_castore::Error::Storage("ingest budget closed".into()).into())
+}
+
+/// Reads exactly `len` bytes of the current file's contents.
+async fn read_piece<R: tokio::io::AsyncBufRead + Unpin>(
+    nar: &mut AsyncNarReader<R>,
+    len: usize,
+) -> Result<Bytes, IngestError> {
+    let mut buf = BytesMut::zeroed(len);
+    nar.contents()
+        .read_exact(&mut buf)
+        .await
+        .map_err(NarError::from)?;
+    Ok(buf.freeze())
+}
+
+/// Reads the current file's contents and hands them to a task that stores
+/// them; the task's result carries the file's entry and digest.
+async fn store_contents<R: tokio::io::AsyncBufRead + Unpin>(
+    nar: &mut AsyncNarReader<R>,
+    id: EntryId,
+    size: u64,
+    blobs: &Arc<dyn BlobService>,
+    budget: &Arc<Semaphore>,
+    stores: &mut JoinSet<Stored>,
+) -> Result<(), IngestError> {
+    if size <= PIECE as u64 {
+        let len = size as usize;
+        let permit = take_budget(budget, len).await?;
+        let data = read_piece(nar, len).await?;
+        let blobs = blobs.clone();
+        stores.spawn(async move {
+            let digest = put_bytes(blobs.as_ref(), &data).await?;
+            drop(permit);
+            Ok((id, digest))
+        });
+        return Ok(());
+    }
+
+    // A large file: a writer task fed piece by piece, each piece holding
+    // its share of the budget until the writer has taken it.
+    let reserve = take_budget(budget, WRITER_RESERVE).await?;
+    let (tx, mut rx) = mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(4);
+    let task_blobs = blobs.clone();
+    stores.spawn(async move {
+        let mut writer = task_blobs.open_write().await;
+        let mut received = 0u64;
+        while let Some((piece, permit)) = rx.recv().await {
+            writer.write(&piece).await?;
+            received += piece.len() as u64;
+            drop(permit);
+        }
+        if received != size {
+            // The ingest gave up mid-file: drop the writer unclosed, so
+            // no blob of a partial file appears.
+            return Err(cairn_castore::Error::Storage(
+                "ingest stopped in the middle of a file".into(),
+            ));
+        }
+        let digest = writer.close().await?;
+        drop(reserve);
+        Ok((id, digest))
+    });
+    let mut left = size;
+    while left > 0 {
+        let len = left.min(PIECE as u64) as usize;
+        let permit = take_budget(budget, len).await?;
+        let piece = read_piece(nar, len).await?;
+        left -= len as u64;
+        if tx.send((piece, permit)).await.is_err() {
+            // The writer failed: report its error, not a later symptom.
+            while let Some(done) = stores.join_next().await {
+                joined(done)?;
+            }
+            return Err(cairn_castore::Error::Storage("blob writer stopped".into()).into());
+        }
+    }
+    Ok(())
+}
