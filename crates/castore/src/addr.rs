@@ -1,4 +1,6 @@
-//! Backends by address URL, so callers never name a concrete type.
+//! Backends by address URL, so callers never name a concrete type. The
+//! parsing helpers are public so the store crate's PathInfo addresses
+//! follow the same rules.
 //!
 //! | address | blobs | directories |
 //! | --- | --- | --- |
@@ -15,18 +17,21 @@ use crate::blobservice::{Compression, MemoryBlobService, ObjectsBlobService};
 use crate::directoryservice::{MemoryDirectoryService, RedbDirectoryService};
 use crate::{BlobService, DirectoryService, Error, SizeRule};
 
-fn bad(addr: &str, reason: impl Into<String>) -> Error {
+/// The error for an address refused for `reason`.
+pub fn bad(addr: &str, reason: impl Into<String>) -> Error {
     Error::Address {
         addr: addr.to_owned(),
         reason: reason.into(),
     }
 }
 
-fn parse(addr: &str) -> Result<Url, Error> {
+/// Parses an address URL.
+pub fn parse(addr: &str) -> Result<Url, Error> {
     Url::parse(addr).map_err(|e| bad(addr, e.to_string()))
 }
 
-fn local_path(addr: &str, url: &Url) -> Result<PathBuf, Error> {
+/// The absolute path of a `SCHEME:///absolute/path` address.
+pub fn local_path(addr: &str, url: &Url) -> Result<PathBuf, Error> {
     if url.host_str().is_some_and(|h| !h.is_empty()) {
         return Err(bad(
             addr,
@@ -43,7 +48,8 @@ fn option<'a>(url: &'a Url, key: &str) -> Option<std::borrow::Cow<'a, str>> {
     url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
-fn check_options(addr: &str, url: &Url, known: &[&str]) -> Result<(), Error> {
+/// Refuses query options not in `known`.
+pub fn check_options(addr: &str, url: &Url, known: &[&str]) -> Result<(), Error> {
     for (k, _) in url.query_pairs() {
         if !known.contains(&k.as_ref()) {
             return Err(bad(

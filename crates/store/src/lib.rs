@@ -6,6 +6,7 @@
 //! This crate must not reimplement castore or the Nix formats: it joins
 //! `cairn-castore` and `cairn-nix`.
 
+pub mod addr;
 pub mod ingest;
 mod pathinfo;
 pub mod pathinfoservice;

@@ -11,7 +11,9 @@ use thiserror::Error;
 use crate::{PathInfo, PathInfoError};
 
 mod memory;
+mod redb;
 
+pub use self::redb::RedbPathInfoService;
 pub use memory::MemoryPathInfoService;
 
 /// What can go wrong in a PathInfoService.
@@ -23,6 +25,9 @@ pub enum Error {
     /// The backend's storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A castore-level failure (an address, an embedded database lock).
+    #[error(transparent)]
+    Castore(#[from] cairn_castore::Error),
 }
 
 /// Where PathInfos live, keyed by the 20-byte digest of their store path.

@@ -1,0 +1,77 @@
+//! The same expectations for every PathInfoService backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_castore::{B3Digest, Node};
+use cairn_nix::StorePath;
+use cairn_store::addr::path_info_service_from_addr;
+use cairn_store::{PathInfo, PathInfoService};
+use futures::TryStreamExt;
+
+fn info(base: &str) -> PathInfo {
+    PathInfo {
+        store_path: StorePath::from_base_name(base).unwrap(),
+        node: Node::Directory {
+            digest: B3Digest::empty(),
+            size: 0,
+        },
+        references: vec![StorePath::from_base_name(base).unwrap()],
+        nar_size: 112,
+        nar_sha256: [1; 32],
+        signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
+
+async fn put_get_list_and_replace(s: &dyn PathInfoService) {
+    let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
+    let b = info("0sfqrcf48xfcqw4gy961lab11cskjy38-b");
+    assert!(s.get(a.store_path.digest()).await.unwrap().is_none());
+    assert_eq!(s.put(a.clone()).await.unwrap(), a);
+    s.put(b.clone()).await.unwrap();
+    assert_eq!(s.get(a.store_path.digest()).await.unwrap(), Some(a.clone()));
+    let mut listed: Vec<PathInfo> = s.list().try_collect().await.unwrap();
+    listed.sort_by_key(|i| i.store_path.base_name());
+    assert_eq!(listed, vec![b, a.clone()]);
+    // A second put of the same path replaces its metadata.
+    let mut a2 = a.clone();
+    a2.signatures
+        .push(cairn_nix::Signature::from_parts("k-1", [3; 64]));
+    s.put(a2.clone()).await.unwrap();
+    assert_eq!(s.get(a.store_path.digest()).await.unwrap(), Some(a2));
+    assert_eq!(s.list().try_collect::<Vec<_>>().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory() {
+    let s = path_info_service_from_addr("memory://").unwrap();
+    put_get_list_and_replace(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("redb://{}/pathinfo.redb", dir.path().display());
+    let s = path_info_service_from_addr(&addr).unwrap();
+    put_get_list_and_replace(s.as_ref()).await;
+    drop(s);
+    // What was put survives reopening.
+    let s = path_info_service_from_addr(&addr).unwrap();
+    let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
+    let got = s.get(a.store_path.digest()).await.unwrap().unwrap();
+    assert_eq!(got.signatures.len(), 1);
+}
+
+#[test]
+fn bad_addresses_are_refused_with_a_reason() {
+    for (addr, why) in [
+        ("nope://", "no path info service"),
+        ("redb://host/x", "absolute path"),
+        ("memory://?x=1", "unknown option"),
+        ("not a url", "invalid service address"),
+    ] {
+        let err = path_info_service_from_addr(addr).err().unwrap().to_string();
+        assert!(err.contains(why), "{addr}: {err}");
+    }
+}
