@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod ingest;
+pub mod nar_calc;
 mod pathinfo;
 pub mod pathinfoservice;
 pub mod proto;

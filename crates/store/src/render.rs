@@ -1,16 +1,30 @@
-//! Rendering the NAR of a castore node, streaming: directories come from
-//! the directory service, file contents straight from blob readers (which
-//! verify what they return). Byte-identical to `nix-store --dump` of the
-//! tree the node was imported from.
+//! Rendering the NAR of a castore node, streaming and seekable.
+//!
+//! A [`NarLayout`] is computed from directories alone (file sizes are in
+//! the nodes): the NAR's structural bytes, and where each file's contents
+//! go. From it any byte range can be served without producing what comes
+//! before it, and the whole NAR is just the range from 0 to the end.
+//! File contents come straight from blob readers, which verify what they
+//! return; a few blobs are opened ahead so small files do not wait on one
+//! another. Byte-identical to `nix-store --dump` of the imported tree.
+//!
+//! It holds the structural bytes (names, targets, a few tokens per entry)
+//! in memory, never file contents beyond the blobs opened ahead.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
-use cairn_castore::{B3Digest, BlobService, Directory, DirectoryService, Node};
-use cairn_nix::nar::{AsyncNarWriter, NarWriteError};
-use futures::future::BoxFuture;
-use futures::TryStreamExt;
+use bytes::Bytes;
+use cairn_castore::{B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent};
+use cairn_nix::nar::{NarEncoder, NarWriteError};
+use futures::{StreamExt, TryStreamExt};
 use thiserror::Error;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+/// Blobs opened ahead of the one being copied.
+const OPEN_AHEAD: usize = 8;
+/// Output is written in pieces of at least this size.
+const OUTPUT_BUFFER: usize = 128 * 1024;
 
 /// Why a NAR could not be rendered.
 #[derive(Debug, Error)]
@@ -18,78 +32,354 @@ pub enum RenderError {
     /// A blob or directory is missing or failed verification.
     #[error(transparent)]
     Castore(#[from] cairn_castore::Error),
-    /// The output failed, or a blob's size differs from its node's.
+    /// A stored name or target that no NAR may hold.
     #[error(transparent)]
-    Write(#[from] NarWriteError),
+    Encode(#[from] NarWriteError),
+    /// A blob shorter than the node that refers to it says.
+    #[error("blob {digest} ended after {got} of {expected} bytes")]
+    ShortBlob {
+        /// The blob.
+        digest: B3Digest,
+        /// Bytes its node announces.
+        expected: u64,
+        /// Bytes it had.
+        got: u64,
+    },
+    /// The output failed.
+    #[error("writing NAR: {0}")]
+    Output(std::io::Error),
+    /// A range that does not lie within the NAR.
+    #[error("range {start}..{end} is outside the NAR's {size} bytes")]
+    BadRange {
+        /// Asked start.
+        start: u64,
+        /// Asked end.
+        end: u64,
+        /// The NAR's size.
+        size: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    /// Structural bytes (tokens, names, padding).
+    Literal(Bytes),
+    /// A file's contents: `size` bytes of a blob.
+    Blob { digest: B3Digest, size: u64 },
+}
+
+impl Part {
+    fn len(&self) -> u64 {
+        match self {
+            Part::Literal(b) => b.len() as u64,
+            Part::Blob { size, .. } => *size,
+        }
+    }
+}
+
+/// A regular file's place in the NAR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInNar {
+    /// Path below the root, components joined by `/` (empty: the root).
+    pub path: Vec<u8>,
+    /// Where its contents start (Nix's `narOffset`).
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+    /// Whether it is executable.
+    pub executable: bool,
+    /// Its blob.
+    pub digest: B3Digest,
+}
+
+/// Where every byte of a node's NAR comes from.
+#[derive(Debug, Clone)]
+pub struct NarLayout {
+    /// Start offset of each part.
+    starts: Vec<u64>,
+    parts: Vec<Part>,
+    size: u64,
+    files: Vec<FileInNar>,
+}
+
+impl NarLayout {
+    /// The layout of `root`'s NAR, fetching its directory closure.
+    pub async fn of(root: &Node, dirs: &dyn DirectoryService) -> Result<Self, RenderError> {
+        let mut closure = HashMap::new();
+        if let Node::Directory { digest, .. } = root {
+            let mut stream = dirs.get_recursive(digest);
+            while let Some(d) = stream.try_next().await? {
+                closure.insert(d.digest(), d);
+            }
+        }
+        Self::from_closure(root, &closure)
+    }
+
+    /// The layout of `root`'s NAR from its (complete) directory closure.
+    pub fn from_closure(
+        root: &Node,
+        closure: &HashMap<B3Digest, Directory>,
+    ) -> Result<Self, RenderError> {
+        let mut b = Builder {
+            enc: NarEncoder::new(),
+            layout: NarLayout {
+                starts: Vec::new(),
+                parts: Vec::new(),
+                size: 0,
+                files: Vec::new(),
+            },
+            path: Vec::new(),
+        };
+        b.node(closure, root)?;
+        b.enc.check_done()?;
+        b.flush_literal();
+        Ok(b.layout)
+    }
+
+    /// The NAR's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every regular file with its offset, in NAR order.
+    pub fn files(&self) -> &[FileInNar] {
+        &self.files
+    }
+
+    /// The distinct blobs the NAR needs.
+    pub fn blobs(&self) -> impl Iterator<Item = &B3Digest> {
+        let mut seen = std::collections::HashSet::new();
+        self.parts.iter().filter_map(move |p| match p {
+            Part::Blob { digest, .. } if seen.insert(*digest) => Some(digest),
+            _ => None,
+        })
+    }
+
+    /// Writes bytes `range` of the NAR to `out` and returns it.
+    pub async fn write_range<W: AsyncWrite + Unpin + Send>(
+        &self,
+        blobs: &dyn BlobService,
+        out: W,
+        range: Range<u64>,
+    ) -> Result<W, RenderError> {
+        if range.start > range.end || range.end > self.size {
+            return Err(RenderError::BadRange {
+                start: range.start,
+                end: range.end,
+                size: self.size,
+            });
+        }
+        let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, out);
+        // The parts that overlap the range, each with the slice of it wanted.
+        // Plain loops and owned items: iterator adaptors over borrowed parts
+        // would make this future not `Send`.
+        let first = self
+            .starts
+            .partition_point(|&s| s <= range.start)
+            .saturating_sub(1);
+        let mut wanted: Vec<(usize, Range<u64>)> = Vec::new();
+        let mut blob_reads: Vec<(B3Digest, u64, Range<u64>)> = Vec::new();
+        for i in first..self.parts.len() {
+            let start = self.starts[i];
+            if start >= range.end {
+                break;
+            }
+            let part = &self.parts[i];
+            let from = range.start.max(start) - start;
+            let to = range.end.min(start + part.len()) - start;
+            if from < to {
+                if let Part::Blob { digest, size } = part {
+                    blob_reads.push((*digest, *size, from..to));
+                }
+                wanted.push((i, from..to));
+            }
+        }
+        let mut readers = futures::stream::iter(blob_reads)
+            .map(|(digest, size, within)| open_at(blobs, digest, size, within))
+            .buffered(OPEN_AHEAD);
+        for (i, within) in wanted {
+            match &self.parts[i] {
+                Part::Literal(bytes) => {
+                    let slice = &bytes[within.start as usize..within.end as usize];
+                    out.write_all(slice).await.map_err(RenderError::Output)?;
+                }
+                Part::Blob { .. } => {
+                    let (reader, digest, size, within) =
+                        readers.next().await.ok_or_else(|| {
+                            cairn_castore::Error::Storage("blob reader lost".into())
+                        })??;
+                    let want = within.end - within.start;
+                    let copied = copy_exactly(reader.take(want), &mut out).await?;
+                    if copied != want {
+                        return Err(RenderError::ShortBlob {
+                            digest,
+                            expected: size,
+                            got: within.start + copied,
+                        });
+                    }
+                }
+            }
+        }
+        out.flush().await.map_err(RenderError::Output)?;
+        Ok(out.into_inner())
+    }
+}
+
+type OpenBlob = (
+    Box<dyn cairn_castore::BlobReader>,
+    B3Digest,
+    u64,
+    Range<u64>,
+);
+
+/// Opens a blob positioned at the start of the slice wanted.
+async fn open_at(
+    blobs: &dyn BlobService,
+    digest: B3Digest,
+    size: u64,
+    within: Range<u64>,
+) -> Result<OpenBlob, RenderError> {
+    let mut reader = blobs
+        .open_read(&digest)
+        .await?
+        .ok_or(cairn_castore::Error::NotFound {
+            what: "blob",
+            digest,
+        })?;
+    if within.start > 0 {
+        reader
+            .seek(std::io::SeekFrom::Start(within.start))
+            .await
+            .map_err(cairn_castore::Error::from_io)?;
+    }
+    Ok((reader, digest, size, within))
+}
+
+/// Copies a blob reader to `out`, telling a failed read (verification) from
+/// a failed write.
+async fn copy_exactly<R, W>(mut reader: R, out: &mut W) -> Result<u64, RenderError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(cairn_castore::Error::from_io)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..n])
+            .await
+            .map_err(RenderError::Output)?;
+        total += n as u64;
+    }
+}
+
+struct Builder {
+    enc: NarEncoder,
+    layout: NarLayout,
+    path: Vec<u8>,
+}
+
+impl Builder {
+    fn push(&mut self, part: Part) {
+        let len = part.len();
+        if len == 0 {
+            return;
+        }
+        self.layout.starts.push(self.layout.size);
+        self.layout.parts.push(part);
+        self.layout.size += len;
+    }
+
+    fn flush_literal(&mut self) {
+        let bytes = self.enc.take_output();
+        self.push(Part::Literal(Bytes::from(bytes)));
+    }
+
+    fn file(&mut self, digest: &B3Digest, size: u64, executable: bool) -> Result<(), RenderError> {
+        self.enc.file_header(executable, size)?;
+        self.flush_literal();
+        self.layout.files.push(FileInNar {
+            path: self.path.clone(),
+            offset: self.layout.size,
+            size,
+            executable,
+            digest: *digest,
+        });
+        self.push(Part::Blob {
+            digest: *digest,
+            size,
+        });
+        self.enc.file_trailer(size);
+        Ok(())
+    }
+
+    /// Walks depth-first with an explicit stack: a deep directory chain
+    /// must not overflow the thread's stack.
+    fn node(
+        &mut self,
+        closure: &HashMap<B3Digest, Directory>,
+        root: &Node,
+    ) -> Result<(), RenderError> {
+        type Entries<'a> = Box<dyn Iterator<Item = (&'a PathComponent, &'a Node)> + 'a>;
+        // Open directories: their remaining entries, and the path length
+        // to return to when each is done.
+        let mut open: Vec<(Entries<'_>, usize)> = Vec::new();
+        let mut next: Option<&Node> = Some(root);
+        loop {
+            if let Some(node) = next.take() {
+                match node {
+                    Node::Symlink { target } => self.enc.symlink(target.as_bytes())?,
+                    Node::File {
+                        digest,
+                        size,
+                        executable,
+                    } => self.file(digest, *size, *executable)?,
+                    Node::Directory { digest, .. } => {
+                        let dir = closure.get(digest).ok_or(cairn_castore::Error::NotFound {
+                            what: "directory",
+                            digest: *digest,
+                        })?;
+                        self.enc.directory()?;
+                        open.push((Box::new(dir.entries()), self.path.len()));
+                    }
+                }
+            }
+            let Some((entries, base)) = open.last_mut() else {
+                return Ok(());
+            };
+            let base = *base;
+            self.path.truncate(base);
+            match entries.next() {
+                Some((name, child)) => {
+                    self.enc.entry(name.as_bytes())?;
+                    if base > 0 {
+                        self.path.push(b'/');
+                    }
+                    self.path.extend_from_slice(name.as_bytes());
+                    next = Some(child);
+                }
+                None => {
+                    self.enc.end_directory()?;
+                    open.pop();
+                }
+            }
+        }
+    }
 }
 
 /// Writes the NAR of `root` to `out` and returns `out`.
-///
-/// The directory closure is fetched first (small next to the contents);
-/// blobs are streamed one at a time.
 pub async fn write_nar<W: AsyncWrite + Unpin + Send>(
     out: W,
     blobs: &dyn BlobService,
     dirs: &dyn DirectoryService,
     root: &Node,
 ) -> Result<W, RenderError> {
-    let mut closure = HashMap::new();
-    if let Node::Directory { digest, .. } = root {
-        let mut stream = dirs.get_recursive(digest);
-        while let Some(d) = stream.try_next().await? {
-            closure.insert(d.digest(), d);
-        }
-    }
-    let mut w = AsyncNarWriter::new(out);
-    write_node(&mut w, blobs, &closure, root).await?;
-    Ok(w.finish().await?)
-}
-
-fn write_node<'a, W: AsyncWrite + Unpin + Send>(
-    w: &'a mut AsyncNarWriter<W>,
-    blobs: &'a dyn BlobService,
-    closure: &'a HashMap<B3Digest, Directory>,
-    node: &'a Node,
-) -> BoxFuture<'a, Result<(), RenderError>> {
-    Box::pin(async move {
-        match node {
-            Node::Symlink { target } => w.symlink(target.as_bytes()).await?,
-            Node::File {
-                digest,
-                size,
-                executable,
-            } => {
-                let mut reader =
-                    blobs
-                        .open_read(digest)
-                        .await?
-                        .ok_or(cairn_castore::Error::NotFound {
-                            what: "blob",
-                            digest: *digest,
-                        })?;
-                w.file(*executable, *size, &mut reader)
-                    .await
-                    .map_err(|e| match e {
-                        // A verification failure inside the blob reader.
-                        NarWriteError::Io(io) => {
-                            RenderError::Castore(cairn_castore::Error::from_io(io))
-                        }
-                        other => RenderError::Write(other),
-                    })?;
-            }
-            Node::Directory { digest, .. } => {
-                let dir = closure.get(digest).ok_or(cairn_castore::Error::NotFound {
-                    what: "directory",
-                    digest: *digest,
-                })?;
-                w.directory().await?;
-                for (name, child) in dir.entries() {
-                    w.entry(name.as_bytes()).await?;
-                    write_node(w, blobs, closure, child).await?;
-                }
-                w.end_directory().await?;
-            }
-        }
-        Ok(())
-    })
+    let layout = NarLayout::of(root, dirs).await?;
+    layout.write_range(blobs, out, 0..layout.size()).await
 }

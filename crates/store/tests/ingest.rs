@@ -11,6 +11,7 @@ use cairn_castore::{BlobService, DirectoryService};
 use cairn_nix::hash::{HashAlgo, Hasher};
 use cairn_nix::nar::fs::dump_path;
 use cairn_store::ingest::{ingest_nar, IngestError};
+use cairn_store::nar_calc::{CastoreNarCalculator, NarCalculationService};
 use cairn_store::render::write_nar;
 use cairn_testkit::{generated_trees, nar_corpus, pseudo_random_bytes, real_trees};
 
@@ -51,6 +52,7 @@ async fn ingest_matches_tree_import_and_renders_back_identically() {
     .unwrap();
     trees.push(big);
     let s = disk_store();
+    let calc = CastoreNarCalculator::new(s.blobs.clone(), s.dirs.clone());
     for tree in trees {
         let nar = dump_path(&tree, Vec::new()).unwrap();
         let ingested = ingest_nar(&nar[..], s.blobs.clone(), s.dirs.as_ref(), &NoProgress)
@@ -71,6 +73,11 @@ async fn ingest_matches_tree_import_and_renders_back_identically() {
         .await
         .unwrap();
         assert!(rendered == nar, "{}: rendered NAR differs", tree.display());
+        // CalculateNAR agrees, computed and then from its cache.
+        for _ in 0..2 {
+            let (size, sha) = calc.calculate_nar(&ingested.node).await.unwrap();
+            assert_eq!((size, sha), (ingested.nar_size, ingested.nar_sha256));
+        }
     }
     let report = s.dirs.verify_all().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -25,7 +25,7 @@ use thiserror::Error;
 
 pub use grammar::Event;
 pub use reader::{Contents, NarReader};
-pub use writer::{NarWriteError, NarWriter};
+pub use writer::{Encoder as NarEncoder, NarWriteError, NarWriter};
 
 #[cfg(feature = "async")]
 pub use async_io::{AsyncContents, AsyncNarReader, AsyncNarWriter};

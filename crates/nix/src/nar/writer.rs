@@ -53,10 +53,13 @@ enum Expect {
     Done,
 }
 
-/// The grammar side of writing: what may come next, and the bytes of each
-/// structural piece. Sync and async writers only add the I/O.
+/// The grammar side of writing, with no I/O: what may come next, and the
+/// bytes of each structural piece. Sync and async writers add the I/O;
+/// other users (a seekable renderer that must know every offset without
+/// reading file contents) take the bytes with [`Encoder::take_output`] and
+/// place the contents themselves between a file's header and trailer.
 #[derive(Debug)]
-pub(crate) struct Encoder {
+pub struct Encoder {
     expect: Expect,
     /// Last entry name of each open directory (empty: none yet).
     open_dirs: Vec<Vec<u8>>,
@@ -64,8 +67,15 @@ pub(crate) struct Encoder {
     pub(crate) buf: Vec<u8>,
 }
 
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Encoder {
-    pub(crate) fn new() -> Self {
+    /// An encoder whose output starts with the NAR magic.
+    pub fn new() -> Self {
         let mut buf = Vec::with_capacity(256);
         put_str(&mut buf, MAGIC);
         Encoder {
@@ -92,7 +102,13 @@ impl Encoder {
         }
     }
 
-    pub(crate) fn file_header(&mut self, executable: bool, size: u64) -> Result<(), NarWriteError> {
+    /// Bytes produced since the last call.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Everything up to a regular file's contents, which must follow.
+    pub fn file_header(&mut self, executable: bool, size: u64) -> Result<(), NarWriteError> {
         self.want(Expect::Node, "a file where no node may start")?;
         for t in [&b"("[..], b"type", b"regular"] {
             put_str(&mut self.buf, t);
@@ -106,13 +122,15 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn file_trailer(&mut self, size: u64) {
+    /// Everything after the contents of a file of `size` bytes.
+    pub fn file_trailer(&mut self, size: u64) {
         self.buf.extend_from_slice(&[0u8; 8][..padding_len(size)]);
         put_str(&mut self.buf, b")");
         self.node_done();
     }
 
-    pub(crate) fn symlink(&mut self, target: &[u8]) -> Result<(), NarWriteError> {
+    /// A symlink node.
+    pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarWriteError> {
         self.want(Expect::Node, "a symlink where no node may start")?;
         validate_symlink_target(target)?;
         for t in [&b"("[..], b"type", b"symlink", b"target", target, b")"] {
@@ -122,7 +140,8 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn directory(&mut self) -> Result<(), NarWriteError> {
+    /// The start of a directory node.
+    pub fn directory(&mut self) -> Result<(), NarWriteError> {
         self.want(Expect::Node, "a directory where no node may start")?;
         for t in [&b"("[..], b"type", b"directory"] {
             put_str(&mut self.buf, t);
@@ -132,7 +151,8 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn entry(&mut self, name: &[u8]) -> Result<(), NarWriteError> {
+    /// The start of a directory entry; its node follows.
+    pub fn entry(&mut self, name: &[u8]) -> Result<(), NarWriteError> {
         self.want(Expect::EntryOrEnd, "an entry outside a directory")?;
         validate_entry_name(name)?;
         let last = self
@@ -151,7 +171,8 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn end_directory(&mut self) -> Result<(), NarWriteError> {
+    /// The end of the innermost open directory.
+    pub fn end_directory(&mut self) -> Result<(), NarWriteError> {
         self.want(Expect::EntryOrEnd, "end of a directory that is not open")?;
         self.open_dirs.pop();
         put_str(&mut self.buf, b")");
@@ -159,7 +180,8 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn check_done(&self) -> Result<(), NarWriteError> {
+    /// Checks that the root node is complete.
+    pub fn check_done(&self) -> Result<(), NarWriteError> {
         self.want(Expect::Done, "finish before the root node is complete")
     }
 }
