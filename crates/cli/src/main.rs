@@ -34,6 +34,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Add files or directories to the store, as `nix-store --add` does, and print their store paths.
+    ///
+    /// Each PATH becomes the same store path, with the same NAR hash, that
+    /// `nix-store --add PATH` gives it (a content-addressed `source` path).
+    Import(commands::store::ImportArgs),
+    /// Add a NAR to the store, as a named source path or as described by a narinfo.
+    ///
+    /// The NAR is read once, streaming; nothing is added unless it is valid,
+    /// complete and (with --narinfo) matches the narinfo's NarHash and NarSize.
+    #[command(name = "import-nar")]
+    ImportNar(commands::store::ImportNarArgs),
+    /// Write a store path's NAR to stdout (like `nix-store --dump`), or its tree to --to DEST.
+    Export(commands::store::ExportArgs),
+    /// Show store paths' NAR hash and size, references, deriver, CA and signatures.
+    #[command(name = "path-info")]
+    PathInfo(commands::store::PathInfoArgs),
+    /// List a directory (or describe a file) inside a store path, without exporting it.
+    Ls(commands::store::LsArgs),
+    /// Write one file inside a store path to stdout, without exporting the path.
+    Cat(commands::store::CatArgs),
+    /// Add a binary-cache signature to store paths (replacing the key's old one).
+    Sign(commands::store::SignArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -70,6 +92,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Import(a) => commands::store::import(a),
+        Command::ImportNar(a) => commands::store::import_nar(a),
+        Command::Export(a) => commands::store::export(a),
+        Command::PathInfo(a) => commands::store::path_info(a),
+        Command::Ls(a) => commands::store::ls(a),
+        Command::Cat(a) => commands::store::cat(a),
+        Command::Sign(a) => commands::store::sign(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

@@ -26,6 +26,43 @@ impl Bar {
         Bar { bar: Some(bar) }
     }
 
+    /// A bar for work whose size may be unknown: a spinner with the bytes
+    /// done and the rate, becoming a bar once [`set_total`](Self::set_total)
+    /// says how much there is.
+    pub fn bytes_unknown_total(verb: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Bar { bar: None };
+        }
+        let bar = ProgressBar::no_length();
+        let style = ProgressStyle::with_template(&format!(
+            "{{spinner}} {verb}: {{bytes}} ({{bytes_per_sec}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Bar { bar: Some(bar) }
+    }
+
+    /// Sets the total, turning a spinner into a bar.
+    pub fn set_total(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            let style = ProgressStyle::with_template(
+                "[{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            b.set_style(style);
+            b.set_length(bytes);
+        }
+    }
+
+    /// Counts bytes done.
+    pub fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
 use cairn_castore::{BlobService, DirectoryService};
+use cairn_store::addr::path_info_service_from_addr;
+use cairn_store::Store;
 use clap::Args;
 
 /// Service selection flags.
@@ -27,9 +29,14 @@ pub struct ServiceArgs {
     /// directories with tvix/snix) [default: redb://DATA_DIR/castore.redb]
     #[arg(long, value_name = "ADDR")]
     pub directory_service_addr: Option<String>,
+
+    /// PathInfo service address, e.g. memory:// or redb:///srv/cairn/pathinfo.redb
+    /// (ignored by `cairn castore` commands) [default: redb://DATA_DIR/pathinfo.redb]
+    #[arg(long, value_name = "ADDR")]
+    pub path_info_service_addr: Option<String>,
 }
 
-/// The opened services.
+/// The opened castore services.
 pub struct Services {
     pub blobs: Arc<dyn BlobService>,
     pub dirs: Arc<dyn DirectoryService>,
@@ -52,20 +59,48 @@ impl ServiceArgs {
         Ok(base.join("cairn"))
     }
 
-    /// Opens the services the flags name.
+    /// Opens the castore services the flags name.
     pub fn open(&self) -> Result<Services> {
-        let needs_data_dir =
-            self.blob_service_addr.is_none() || self.directory_service_addr.is_none();
-        let data = if needs_data_dir {
-            Some(self.data_dir()?)
-        } else {
-            None
+        let data = self.data_dir_if_needed(false)?;
+        self.open_castore(data.as_deref())
+    }
+
+    /// Opens all three services: a store.
+    pub fn open_store(&self) -> Result<Store> {
+        let data = self.data_dir_if_needed(true)?;
+        let castore = self.open_castore(data.as_deref())?;
+        let addr = match (&self.path_info_service_addr, &data) {
+            (Some(a), _) => a.clone(),
+            (None, Some(d)) => format!("redb://{}", d.join("pathinfo.redb").display()),
+            (None, None) => anyhow::bail!("no path info service address and no data directory"),
         };
+        tracing::debug!(path_info_addr = %addr, "opening path info service");
+        let path_infos = path_info_service_from_addr(&addr)
+            .with_context(|| format!("cannot open path info service {addr}"))?;
+        Ok(Store {
+            blobs: castore.blobs,
+            dirs: castore.dirs,
+            path_infos,
+        })
+    }
+
+    fn data_dir_if_needed(&self, with_path_infos: bool) -> Result<Option<PathBuf>> {
+        let needs_data_dir = self.blob_service_addr.is_none()
+            || self.directory_service_addr.is_none()
+            || (with_path_infos && self.path_info_service_addr.is_none());
+        if needs_data_dir {
+            Ok(Some(self.data_dir()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn open_castore(&self, data: Option<&std::path::Path>) -> Result<Services> {
         let addr =
             |given: &Option<String>, default: &dyn Fn(&std::path::Path) -> String| -> String {
                 given
                     .clone()
-                    .unwrap_or_else(|| data.as_deref().map(default).unwrap_or_default())
+                    .unwrap_or_else(|| data.map(default).unwrap_or_default())
             };
         let blob_addr = addr(&self.blob_service_addr, &|d| {
             format!("objects://{}", d.join("objects").display())

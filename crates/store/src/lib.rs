@@ -7,12 +7,15 @@
 //! `cairn-castore` and `cairn-nix`.
 
 pub mod addr;
+pub mod compression;
 pub mod ingest;
 pub mod nar_calc;
 mod pathinfo;
 pub mod pathinfoservice;
 pub mod proto;
 pub mod render;
+mod store;
 
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
+pub use store::{NarDescription, Store, StoreError};

@@ -4,4 +4,5 @@ pub mod castore;
 pub mod key;
 pub mod nar;
 pub mod narinfo;
+pub mod store;
 pub mod store_path;

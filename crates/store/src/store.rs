@@ -1,0 +1,476 @@
+//! The main jobs on a store made of the three services: add a tree as
+//! `nix-store --add` would, add a NAR (optionally described by a narinfo),
+//! look up paths and paths inside them, render NARs, sign.
+//!
+//! Every job that adds a path follows one order: contents, then
+//! directories, then the PathInfo, and only after every check passed; a
+//! job that fails at any point leaves `get` unchanged. It must not print
+//! or parse command lines: front ends (CLI, HTTP, gRPC) do that.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_castore::import::{ImportError, Progress};
+use cairn_castore::{BlobService, DirectoryService, Node};
+use cairn_nix::hash::{ContentAddress, FileIngestionMethod, NixHash};
+use cairn_nix::narinfo::NarInfo;
+use cairn_nix::store_path::{compute_ca_path, compute_source_path, References, StorePath};
+use cairn_nix::{Signature, SigningKey};
+use thiserror::Error;
+use tokio::io::AsyncRead;
+
+use crate::ingest::{ingest_nar, IngestError, IngestedNar};
+use crate::pathinfoservice::Error as PathInfoServiceError;
+use crate::render::{NarLayout, RenderError};
+use crate::{PathInfo, PathInfoService};
+
+/// Why a store job failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Reading the NAR or storing its contents failed.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// Dumping the source tree failed.
+    #[error("{0}")]
+    Dump(String),
+    /// The NAR is not the one its narinfo describes.
+    #[error("NAR {what} mismatch for {path}: narinfo says {expected}, the NAR has {actual}")]
+    NarMismatch {
+        /// The store path.
+        path: String,
+        /// `NarHash` or `NarSize`.
+        what: &'static str,
+        /// What the narinfo says.
+        expected: String,
+        /// What the NAR has.
+        actual: String,
+    },
+    /// References that are not in the store (a path may only be added
+    /// after everything it refers to).
+    #[error("{path} refers to paths not in the store: {missing}")]
+    MissingReferences {
+        /// The path being added.
+        path: String,
+        /// The missing references, space-separated.
+        missing: String,
+    },
+    /// A narinfo whose content address does not give its store path.
+    #[error("{path}: content address {ca} gives store path {computed}")]
+    CaMismatch {
+        /// The store path claimed.
+        path: String,
+        /// The CA claimed.
+        ca: String,
+        /// The path the CA and references give.
+        computed: String,
+    },
+    /// A name, path or reference that Nix refuses.
+    #[error("{0}")]
+    Invalid(String),
+    /// A store path that is not in the store.
+    #[error("{0} is not in the store")]
+    NotFound(String),
+    /// A path inside a store path that does not exist or is not what was asked.
+    #[error("{path}: {reason}")]
+    BadSubPath {
+        /// The full path asked for.
+        path: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The PathInfo service failed.
+    #[error(transparent)]
+    PathInfo(#[from] PathInfoServiceError),
+    /// The castore services failed.
+    #[error(transparent)]
+    Castore(#[from] cairn_castore::Error),
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl From<ImportError> for StoreError {
+    fn from(e: ImportError) -> Self {
+        StoreError::Ingest(IngestError::Import(e))
+    }
+}
+
+/// What is known about a NAR before it is read, from a narinfo.
+#[derive(Debug, Clone)]
+pub struct NarDescription {
+    /// The store path it is for.
+    pub store_path: StorePath,
+    /// The NAR's hash, if known (checked).
+    pub nar_hash: Option<NixHash>,
+    /// The NAR's size, if known (checked).
+    pub nar_size: Option<u64>,
+    /// Its references.
+    pub references: Vec<StorePath>,
+    /// Signatures to keep.
+    pub signatures: Vec<Signature>,
+    /// The deriver.
+    pub deriver: Option<StorePath>,
+    /// The content address (checked against the store path).
+    pub ca: Option<ContentAddress>,
+}
+
+impl From<&NarInfo> for NarDescription {
+    fn from(n: &NarInfo) -> Self {
+        NarDescription {
+            store_path: n.store_path.clone(),
+            nar_hash: Some(n.nar_hash.clone()),
+            nar_size: Some(n.nar_size),
+            references: n.references.clone(),
+            signatures: n.signatures.clone(),
+            deriver: n.deriver.clone(),
+            ca: n.ca.clone(),
+        }
+    }
+}
+
+/// The three services, and the jobs that need all of them.
+#[derive(Clone)]
+pub struct Store {
+    /// File contents.
+    pub blobs: Arc<dyn BlobService>,
+    /// Directories.
+    pub dirs: Arc<dyn DirectoryService>,
+    /// Store paths.
+    pub path_infos: Arc<dyn PathInfoService>,
+}
+
+fn nix32_sha256(sha: &[u8; 32]) -> NixHash {
+    NixHash::sha256(*sha)
+}
+
+impl Store {
+    /// Adds the tree at `path` as `nix-store --add` does: the same store
+    /// path (a `source` path named `name`), the same NAR hash, CA
+    /// `fixed:r:sha256`. The tree is read once, as a NAR, so the recorded
+    /// hash is exactly that of the contents stored.
+    pub async fn import_tree(
+        &self,
+        path: &Path,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<PathInfo, StoreError> {
+        cairn_nix::store_path::validate_name(name).map_err(|e| {
+            StoreError::Invalid(format!("cannot use {name:?} as a store path name: {e}"))
+        })?;
+        let (reader, dumping) = dump_as_stream(path.to_owned());
+        let ingested = ingest_nar(reader, self.blobs.clone(), self.dirs.as_ref(), progress).await;
+        // Each side's failure shows up to the other as a broken stream:
+        // report the cause, not the symptom.
+        let dumped = dumping
+            .await
+            .map_err(|e| StoreError::Dump(format!("dump task failed: {e}")))?;
+        if let Err(DumpFailure::Source(msg)) = dumped {
+            return Err(StoreError::Dump(msg));
+        }
+        let ingested = ingested?;
+        let store_path = compute_source_path(
+            &ingested.nar_sha256,
+            &References {
+                others: &[],
+                self_ref: false,
+            },
+            name,
+        )
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let info = PathInfo {
+            store_path,
+            node: ingested.node,
+            references: Vec::new(),
+            nar_size: ingested.nar_size,
+            nar_sha256: ingested.nar_sha256,
+            signatures: Vec::new(),
+            deriver: None,
+            ca: Some(ContentAddress::Fixed(
+                FileIngestionMethod::Recursive,
+                nix32_sha256(&ingested.nar_sha256),
+            )),
+        };
+        Ok(self.path_infos.put(info).await?)
+    }
+
+    /// Adds a NAR as the source path `name` (what `nix-store --add` of
+    /// the tree inside it would give).
+    pub async fn import_nar_as_source<R: AsyncRead + Unpin + Send>(
+        &self,
+        nar: R,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<PathInfo, StoreError> {
+        cairn_nix::store_path::validate_name(name).map_err(|e| {
+            StoreError::Invalid(format!("cannot use {name:?} as a store path name: {e}"))
+        })?;
+        let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
+        let store_path = compute_source_path(
+            &ingested.nar_sha256,
+            &References {
+                others: &[],
+                self_ref: false,
+            },
+            name,
+        )
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let ca = ContentAddress::Fixed(
+            FileIngestionMethod::Recursive,
+            nix32_sha256(&ingested.nar_sha256),
+        );
+        let desc = NarDescription {
+            store_path,
+            nar_hash: None,
+            nar_size: None,
+            references: Vec::new(),
+            signatures: Vec::new(),
+            deriver: None,
+            ca: Some(ca),
+        };
+        self.finish_nar(ingested, desc).await
+    }
+
+    /// Adds a NAR described by `desc` (from a narinfo): the NAR's hash and
+    /// size must match, every reference must already be in the store, and
+    /// a content address must give the store path.
+    pub async fn import_nar<R: AsyncRead + Unpin + Send>(
+        &self,
+        nar: R,
+        desc: NarDescription,
+        progress: &dyn Progress,
+    ) -> Result<PathInfo, StoreError> {
+        // Cheap checks first: a NAR that cannot be added is not read.
+        self.check_description(&desc).await?;
+        let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
+        self.finish_nar(ingested, desc).await
+    }
+
+    async fn check_description(&self, desc: &NarDescription) -> Result<(), StoreError> {
+        if let Some(ca) = &desc.ca {
+            let others: Vec<StorePath> = desc
+                .references
+                .iter()
+                .filter(|r| **r != desc.store_path)
+                .cloned()
+                .collect();
+            let refs = References {
+                others: &others,
+                self_ref: others.len() != desc.references.len(),
+            };
+            let computed = compute_ca_path(ca, &refs, desc.store_path.name())
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", desc.store_path)))?;
+            if computed != desc.store_path {
+                return Err(StoreError::CaMismatch {
+                    path: desc.store_path.to_absolute_path(),
+                    ca: ca.to_string(),
+                    computed: computed.to_absolute_path(),
+                });
+            }
+        }
+        let mut missing = Vec::new();
+        for r in &desc.references {
+            if *r != desc.store_path && self.path_infos.get(r.digest()).await?.is_none() {
+                missing.push(r.to_absolute_path());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::MissingReferences {
+                path: desc.store_path.to_absolute_path(),
+                missing: missing.join(" "),
+            });
+        }
+        Ok(())
+    }
+
+    async fn finish_nar(
+        &self,
+        ingested: IngestedNar,
+        desc: NarDescription,
+    ) -> Result<PathInfo, StoreError> {
+        let path = desc.store_path.to_absolute_path();
+        if let Some(expected) = &desc.nar_hash {
+            let actual = nix32_sha256(&ingested.nar_sha256);
+            if *expected != actual {
+                return Err(StoreError::NarMismatch {
+                    path,
+                    what: "hash",
+                    expected: expected.to_nix_base32_string(),
+                    actual: actual.to_nix_base32_string(),
+                });
+            }
+        }
+        if let Some(expected) = desc.nar_size {
+            if expected != ingested.nar_size {
+                return Err(StoreError::NarMismatch {
+                    path,
+                    what: "size",
+                    expected: expected.to_string(),
+                    actual: ingested.nar_size.to_string(),
+                });
+            }
+        }
+        let info = PathInfo {
+            store_path: desc.store_path,
+            node: ingested.node,
+            references: desc.references,
+            nar_size: ingested.nar_size,
+            nar_sha256: ingested.nar_sha256,
+            signatures: desc.signatures,
+            deriver: desc.deriver,
+            ca: desc.ca,
+        };
+        Ok(self.path_infos.put(info).await?)
+    }
+
+    /// The PathInfo of `path`, or a `NotFound` error.
+    pub async fn path_info(&self, path: &StorePath) -> Result<PathInfo, StoreError> {
+        self.path_infos
+            .get(path.digest())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(path.to_absolute_path()))
+    }
+
+    /// The node at `sub` (a relative path, `/`-separated, may be empty)
+    /// inside `path`. Symlinks are not followed.
+    pub async fn resolve(&self, path: &StorePath, sub: &str) -> Result<Node, StoreError> {
+        let info = self.path_info(path).await?;
+        let mut node = info.node;
+        let full = || format!("{}/{sub}", path.to_absolute_path());
+        for component in sub.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let Node::Directory { digest, .. } = &node else {
+                return Err(StoreError::BadSubPath {
+                    path: full(),
+                    reason: "a path component is not a directory",
+                });
+            };
+            if component == ".." {
+                return Err(StoreError::BadSubPath {
+                    path: full(),
+                    reason: "`..` is not allowed",
+                });
+            }
+            let dir = self
+                .dirs
+                .get(digest)
+                .await?
+                .ok_or(cairn_castore::Error::NotFound {
+                    what: "directory",
+                    digest: *digest,
+                })?;
+            let child = dir
+                .entries()
+                .find(|(name, _)| name.as_bytes() == component.as_bytes())
+                .map(|(_, n)| n.clone());
+            node = child.ok_or(StoreError::BadSubPath {
+                path: full(),
+                reason: "no such file or directory",
+            })?;
+        }
+        Ok(node)
+    }
+
+    /// The layout of `path`'s NAR (for rendering it, whole or in part).
+    pub async fn nar_layout(&self, path: &StorePath) -> Result<(PathInfo, NarLayout), StoreError> {
+        let info = self.path_info(path).await?;
+        let layout = NarLayout::of(&info.node, self.dirs.as_ref()).await?;
+        if layout.size() != info.nar_size {
+            return Err(StoreError::Invalid(format!(
+                "{}: stored tree renders to {} bytes, its PathInfo says {}",
+                path,
+                layout.size(),
+                info.nar_size
+            )));
+        }
+        Ok((info, layout))
+    }
+
+    /// Adds (or replaces) `key`'s signature on `path`'s PathInfo.
+    pub async fn sign(&self, path: &StorePath, key: &SigningKey) -> Result<PathInfo, StoreError> {
+        let mut info = self.path_info(path).await?;
+        let fingerprint = cairn_nix::narinfo::fingerprint(
+            &info.store_path,
+            &nix32_sha256(&info.nar_sha256),
+            info.nar_size,
+            &info.references,
+        );
+        let sig = key.sign(fingerprint.as_bytes());
+        info.signatures.retain(|s| s.name() != key.name());
+        info.signatures.push(sig);
+        Ok(self.path_infos.put(info).await?)
+    }
+}
+
+/// A writer that sends what it is given down a channel, for a NAR dumped
+/// on a blocking thread and ingested on an async one.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const DUMP_PIECE: usize = 256 * 1024;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= DUMP_PIECE {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(DUMP_PIECE),
+        ));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "ingest stopped"))
+    }
+}
+
+/// Why a dump stopped.
+enum DumpFailure {
+    /// Reading the tree failed (or it holds something a NAR cannot).
+    Source(String),
+    /// The ingest stopped reading; its own error says why.
+    IngestStopped,
+}
+
+type DumpTask = tokio::task::JoinHandle<Result<(), DumpFailure>>;
+
+/// Dumps `path` as a NAR on a blocking thread; returns the NAR as an
+/// `AsyncRead` and the dump's own outcome.
+fn dump_as_stream(path: std::path::PathBuf) -> (impl AsyncRead + Unpin + Send, DumpTask) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(DUMP_PIECE),
+        };
+        let result = cairn_nix::nar::fs::dump_path(&path, writer).and_then(|mut w| {
+            std::io::Write::flush(&mut w).map_err(|e| cairn_nix::nar::fs::DumpError::Write {
+                path: path.clone(),
+                source: e.into(),
+            })
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if tx.is_closed() => Err(DumpFailure::IngestStopped),
+            Err(e) => {
+                let msg = e.to_string();
+                // Make the ingest fail too, rather than see a short NAR end.
+                let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
+                Err(DumpFailure::Source(msg))
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tokio_util::io::StreamReader::new(Box::pin(stream)), task)
+}
