@@ -17,6 +17,7 @@ pub mod directoryservice;
 pub mod embedded;
 mod error;
 pub mod export;
+pub mod gc;
 pub mod import;
 pub mod proto;
 mod util;

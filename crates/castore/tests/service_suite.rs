@@ -242,6 +242,74 @@ async fn blob_ingest_file(b: Backend) {
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
+async fn garbage_collection_keeps_live_blobs_and_their_chunks(b: Backend) {
+    let live_small = put_bytes(b.blobs.as_ref(), b"live").await.unwrap();
+    let dead_small = put_bytes(b.blobs.as_ref(), b"dead").await.unwrap();
+    let big = pseudo_random_bytes(21, 3 * 1024 * 1024);
+    let live_big = put_bytes(b.blobs.as_ref(), &big).await.unwrap();
+    let dead_big = put_bytes(b.blobs.as_ref(), &pseudo_random_bytes(22, 3 * 1024 * 1024))
+        .await
+        .unwrap();
+    let live: std::collections::HashSet<B3Digest> = [live_small, live_big].into();
+
+    // A long grace period spares everything just written.
+    let spared = b
+        .blobs
+        .collect_garbage(&live, std::time::Duration::from_secs(3600), false)
+        .await
+        .unwrap();
+    assert_eq!(spared.deleted, 0);
+    assert!(spared.young >= 2, "{spared:?}");
+    let dry = b
+        .blobs
+        .collect_garbage(&live, std::time::Duration::ZERO, true)
+        .await
+        .unwrap();
+    assert!(dry.deleted >= 2, "{dry:?}");
+    assert!(
+        b.blobs.has(&dead_small).await.unwrap(),
+        "a dry run deletes nothing"
+    );
+
+    let done = b
+        .blobs
+        .collect_garbage(&live, std::time::Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert_eq!(done.deleted, dry.deleted);
+    assert!(!b.blobs.has(&dead_small).await.unwrap());
+    assert!(!b.blobs.has(&dead_big).await.unwrap());
+    assert_eq!(
+        read_to_vec(b.blobs.as_ref(), &live_big)
+            .await
+            .unwrap()
+            .unwrap(),
+        big
+    );
+    assert!(b.blobs.has(&live_small).await.unwrap());
+    if let Ok(report) = b.blobs.verify_all().await {
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+async fn directory_garbage_collection(b: Backend) {
+    let rule = b.dirs.size_rule();
+    let dirs = closure(rule);
+    let root = put_closure(b.dirs.as_ref(), dirs.clone()).await.unwrap();
+    let mut other = Directory::new();
+    other.add(name("x"), file(b"x")).unwrap();
+    let other_digest = put_closure(b.dirs.as_ref(), vec![other]).await.unwrap();
+    let live: std::collections::HashSet<B3Digest> = dirs.iter().map(Directory::digest).collect();
+    let dry = b.dirs.collect_garbage(&live, true).await.unwrap();
+    assert_eq!((dry.live, dry.deleted), (3, 1));
+    assert!(b.dirs.get(&other_digest).await.unwrap().is_some());
+    let done = b.dirs.collect_garbage(&live, false).await.unwrap();
+    assert_eq!((done.live, done.deleted), (3, 1));
+    assert!(b.dirs.get(&other_digest).await.unwrap().is_none());
+    let walked: Vec<Directory> = b.dirs.get_recursive(&root).try_collect().await.unwrap();
+    assert_eq!(walked.len(), 3);
+}
+
 async fn directory_round_trips(b: Backend) {
     let rule = b.dirs.size_rule();
     let dirs = closure(rule);
@@ -341,6 +409,10 @@ macro_rules! suite {
             async fn blob_unclosed_writer_leaves_nothing() { super::blob_unclosed_writer_leaves_nothing(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn blob_ingest_file() { super::blob_ingest_file(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn garbage_collection_keeps_live_blobs_and_their_chunks() { super::garbage_collection_keeps_live_blobs_and_their_chunks(backend($kind)).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn directory_garbage_collection() { super::directory_garbage_collection(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn directory_round_trips() { super::directory_round_trips(backend($kind)).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

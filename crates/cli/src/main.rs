@@ -56,6 +56,12 @@ enum Command {
     Cat(commands::store::CatArgs),
     /// Add a binary-cache signature to store paths (replacing the key's old one).
     Sign(commands::store::SignArgs),
+    /// Delete directories and blobs that no store path reaches (--dry-run to only report).
+    ///
+    /// Everything reachable from a PathInfo is kept; of the rest, blobs
+    /// written or reused within the grace period are kept too, so an import
+    /// running elsewhere is never harmed.
+    Gc(commands::gc::GcArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => commands::store::ls(a),
         Command::Cat(a) => commands::store::cat(a),
         Command::Sign(a) => commands::store::sign(a),
+        Command::Gc(a) => commands::gc::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

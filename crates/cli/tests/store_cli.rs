@@ -429,3 +429,101 @@ fn data_persists_and_concurrent_imports_both_land() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+fn gc_counts(out: &str, line: &str, what: &str) -> u64 {
+    let l = out.lines().find(|l| l.starts_with(line)).unwrap();
+    let at = l
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} not in {l:?}"));
+    let before: String = l[..at]
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let after: String = l[at + what.len()..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let digits = if after.is_empty() {
+        before.chars().rev().collect()
+    } else {
+        after
+    };
+    digits.parse().unwrap()
+}
+
+#[test]
+fn gc_deletes_only_what_no_path_reaches() {
+    let env = Env::new();
+    std::fs::create_dir(env.path("gen")).unwrap();
+    let trees = generated_trees(&env.path("gen"));
+    let kept: Vec<(String, Vec<u8>)> = trees[..2]
+        .iter()
+        .map(|t| {
+            let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(t));
+            (env.import(t), nar)
+        })
+        .collect();
+    // Garbage: a tree in castore with no store path, and the blobs of an
+    // import-nar that failed half-way.
+    let garbage = env.path("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join("only-here"), b"unreferenced contents").unwrap();
+    let node: Value = serde_json::from_slice(&run_ok(
+        env.cairn()
+            .args(["castore", "import", "--json"])
+            .arg(&garbage),
+    ))
+    .unwrap();
+    let big = env.path("big");
+    std::fs::create_dir(&big).unwrap();
+    std::fs::write(
+        big.join("f"),
+        cairn_testkit::pseudo_random_bytes(8, 3 << 20),
+    )
+    .unwrap();
+    let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(&big));
+    let cut = env.path("cut.nar");
+    std::fs::write(&cut, &nar[..nar.len() - 100]).unwrap();
+    env.fails(&["import-nar", "--name", "big", cut.to_str().unwrap()]);
+
+    // Default grace: the young blobs stay, the unreachable directory goes.
+    let dry = env.stdout(&["gc", "--dry-run"]);
+    assert!(dry.starts_with("store paths: 2"), "{dry}");
+    assert_eq!(gc_counts(&dry, "directories", "would delete"), 1, "{dry}");
+    assert!(
+        gc_counts(&dry, "blob objects", "unreachable but younger") > 0,
+        "{dry}"
+    );
+    assert_eq!(gc_counts(&dry, "blob objects", "would delete"), 0, "{dry}");
+    // A dry run changed nothing.
+    let digest = node["digest"].as_str().unwrap();
+    run_ok(env.cairn().args(["castore", "stat", digest]));
+
+    let out = env.stdout(&["gc", "--yes", "--grace-minutes", "0"]);
+    assert_eq!(gc_counts(&out, "directories", "deleted"), 1, "{out}");
+    // The garbage file, and the large file's chunks stored before the NAR broke.
+    assert!(gc_counts(&out, "blob objects", "deleted") >= 2, "{out}");
+    let err = env.fails(&["castore", "stat", digest]);
+    assert!(err.contains("neither a blob nor a directory"), "{err}");
+
+    // What store paths reach is whole: same NARs, and an fsck passes.
+    for (path, nar) in &kept {
+        assert!(run_ok(env.cairn().args(["export", path])) == *nar, "{path}");
+    }
+    let verify = env.cairn().args(["castore", "verify"]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // Nothing left to collect.
+    let again = env.stdout(&["gc", "--yes", "--grace-minutes", "0"]);
+    assert_eq!(gc_counts(&again, "directories", "deleted"), 0, "{again}");
+    assert_eq!(gc_counts(&again, "blob objects", "deleted"), 0, "{again}");
+    // gc without --dry-run or --yes is a usage error.
+    let usage = env.cairn().arg("gc").output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}

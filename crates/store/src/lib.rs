@@ -18,4 +18,4 @@ mod store;
 
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
-pub use store::{NarDescription, Store, StoreError};
+pub use store::{GcSummary, NarDescription, Store, StoreError};

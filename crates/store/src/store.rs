@@ -7,16 +7,20 @@
 //! job that fails at any point leaves `get` unchanged. It must not print
 //! or parse command lines: front ends (CLI, HTTP, gRPC) do that.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_castore::gc::GcReport;
 use cairn_castore::import::{ImportError, Progress};
-use cairn_castore::{BlobService, DirectoryService, Node};
+use cairn_castore::{B3Digest, BlobService, DirectoryService, Node};
 use cairn_nix::hash::{ContentAddress, FileIngestionMethod, NixHash};
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::store_path::{compute_ca_path, compute_source_path, References, StorePath};
 use cairn_nix::{Signature, SigningKey};
+use futures::TryStreamExt;
 use thiserror::Error;
 use tokio::io::AsyncRead;
 
@@ -398,6 +402,71 @@ impl Store {
         info.signatures.retain(|s| s.name() != key.name());
         info.signatures.push(sig);
         Ok(self.path_infos.put(info).await?)
+    }
+}
+
+/// What a garbage collection found and did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcSummary {
+    /// Store paths whose trees were kept.
+    pub paths: u64,
+    /// Directories.
+    pub directories: GcReport,
+    /// Blob objects (whole blobs, chunk lists and chunks).
+    pub blobs: GcReport,
+}
+
+impl Store {
+    /// Deletes every directory and blob no PathInfo reaches. Blobs written
+    /// or reused less than `grace` ago are kept, so a concurrent import's
+    /// contents survive until its PathInfo lands. With `dry_run`, only
+    /// reports. Stops without deleting anything if a store path's tree is
+    /// incomplete: deciding what is garbage needs every tree whole.
+    pub async fn collect_garbage(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<GcSummary, StoreError> {
+        let mut live_dirs: HashSet<B3Digest> = HashSet::new();
+        let mut live_blobs: HashSet<B3Digest> = HashSet::new();
+        let mut summary = GcSummary::default();
+        let mut infos = self.path_infos.list();
+        while let Some(info) = infos.try_next().await? {
+            summary.paths += 1;
+            match &info.node {
+                Node::File { digest, .. } => {
+                    live_blobs.insert(*digest);
+                }
+                Node::Symlink { .. } => {}
+                Node::Directory { digest, .. } => {
+                    if live_dirs.contains(digest) {
+                        continue;
+                    }
+                    let mut closure = self.dirs.get_recursive(digest);
+                    while let Some(dir) = closure.try_next().await.map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "{}: its tree cannot be read ({e}); not collecting garbage",
+                            info.store_path
+                        ))
+                    })? {
+                        for (_, node) in dir.entries() {
+                            if let Node::File { digest, .. } = node {
+                                live_blobs.insert(*digest);
+                            }
+                        }
+                        live_dirs.insert(dir.digest());
+                    }
+                }
+            }
+        }
+        drop(infos);
+        // Directories first: no directory ever refers to a deleted blob.
+        summary.directories = self.dirs.collect_garbage(&live_dirs, dry_run).await?;
+        summary.blobs = self
+            .blobs
+            .collect_garbage(&live_blobs, grace, dry_run)
+            .await?;
+        Ok(summary)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,10 +11,16 @@ use bytes::Bytes;
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 use crate::{B3Digest, Error};
 
+/// A blob and when it was last written, for garbage collection's grace.
+struct Stored {
+    data: Bytes,
+    written: Instant,
+}
+
 /// Blobs held in memory, whole (no chunking).
 #[derive(Clone, Default)]
 pub struct MemoryBlobService {
-    blobs: Arc<RwLock<HashMap<B3Digest, Bytes>>>,
+    blobs: Arc<RwLock<HashMap<B3Digest, Stored>>>,
 }
 
 impl MemoryBlobService {
@@ -27,7 +34,7 @@ impl MemoryBlobService {
             .blobs
             .read()
             .map_err(|_| Error::Storage("memory blob map poisoned".into()))?;
-        Ok(map.get(digest).cloned())
+        Ok(map.get(digest).map(|s| s.data.clone()))
     }
 }
 
@@ -54,6 +61,33 @@ impl BlobService for MemoryBlobService {
         Ok(self.get(digest)?.map(|_| Vec::new()))
     }
 
+    async fn collect_garbage(
+        &self,
+        live: &std::collections::HashSet<B3Digest>,
+        grace: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<crate::gc::GcReport, Error> {
+        let mut map = self
+            .blobs
+            .write()
+            .map_err(|_| Error::Storage("memory blob map poisoned".into()))?;
+        let mut report = crate::gc::GcReport::default();
+        map.retain(|digest, stored| {
+            if live.contains(digest) {
+                report.live += 1;
+                return true;
+            }
+            if stored.written.elapsed() < grace {
+                report.young += 1;
+                return true;
+            }
+            report.deleted += 1;
+            report.deleted_bytes += stored.data.len() as u64;
+            dry_run
+        });
+        Ok(report)
+    }
+
     async fn verify_all(&self) -> Result<super::VerifyReport, Error> {
         let map = self
             .blobs
@@ -62,7 +96,7 @@ impl BlobService for MemoryBlobService {
         let mut report = super::VerifyReport::default();
         for (digest, data) in map.iter() {
             report.checked += 1;
-            if B3Digest::of(data) != *digest {
+            if B3Digest::of(&data.data) != *digest {
                 report
                     .problems
                     .push(format!("blob {digest}: contents do not match"));
@@ -73,7 +107,7 @@ impl BlobService for MemoryBlobService {
 }
 
 struct MemoryBlobWriter {
-    blobs: Arc<RwLock<HashMap<B3Digest, Bytes>>>,
+    blobs: Arc<RwLock<HashMap<B3Digest, Stored>>>,
     data: Vec<u8>,
 }
 
@@ -90,7 +124,13 @@ impl BlobWriter for MemoryBlobWriter {
         let mut map = blobs
             .write()
             .map_err(|_| Error::Storage("memory blob map poisoned".into()))?;
-        map.entry(digest).or_insert_with(|| Bytes::from(data));
+        let now = Instant::now();
+        map.entry(digest)
+            .and_modify(|s| s.written = now)
+            .or_insert_with(|| Stored {
+                data: Bytes::from(data),
+                written: now,
+            });
         Ok(digest)
     }
 }

@@ -73,6 +73,21 @@ pub trait BlobService: Send + Sync {
     async fn sync(&self) -> Result<(), Error> {
         Ok(())
     }
+    /// Deletes stored blobs that are not in `live`, and chunks that no
+    /// live blob uses, unless written (or reused) less than `grace` ago, so
+    /// that a concurrent writer's new objects survive. With `dry_run`,
+    /// only reports what it would delete. Backends that cannot enumerate
+    /// their objects say so with an error.
+    async fn collect_garbage(
+        &self,
+        _live: &std::collections::HashSet<B3Digest>,
+        _grace: std::time::Duration,
+        _dry_run: bool,
+    ) -> Result<crate::gc::GcReport, Error> {
+        Err(Error::Storage(
+            "this blob service cannot collect garbage".into(),
+        ))
+    }
     /// Checks every stored object against its name (an fsck). Backends
     /// that cannot enumerate their objects say so with an error.
     async fn verify_all(&self) -> Result<VerifyReport, Error> {

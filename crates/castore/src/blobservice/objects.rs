@@ -14,6 +14,7 @@
 //! and `rsync` back them up, and any number of processes can read and
 //! write concurrently because same name means same bytes.
 
+use std::collections::HashSet;
 use std::fs;
 use std::future::Future;
 use std::io::{self, Write};
@@ -22,6 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::chunker;
 use super::ingest::{fill, has_more, FileIngestError, READ_PIECE};
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+use crate::gc::GcReport;
 use crate::util::blocking;
 use crate::{B3Digest, Error};
 
@@ -90,6 +93,26 @@ impl ObjectsBlobService {
     }
 }
 
+/// Sets `path`'s modification time to now; `false` if it does not exist.
+/// The time is what garbage collection's grace period is measured from, so
+/// an object a writer reuses counts as new.
+fn freshen(path: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_NOW};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: UTIME_NOW,
+    };
+    let times = Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    match rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Temp files older than a day belong to writers that died; younger ones
 /// may belong to a writer in another process.
 fn clean_stale_temp_files(tmp: &Path) {
@@ -146,7 +169,8 @@ impl Inner {
             if let Some(shard) = dest.parent() {
                 fs::create_dir_all(shard)?;
             }
-            fs::rename(&tmp, &dest)
+            fs::rename(&tmp, &dest)?;
+            freshen(&dest).map(|_| ())
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -198,8 +222,8 @@ impl Inner {
             AtFlags::SYMLINK_FOLLOW,
         ) {
             Ok(()) => Ok(()),
-            // Another writer stored the same bytes first.
-            Err(rustix::io::Errno::EXIST) => Ok(()),
+            // Another writer stored the same bytes first (see freshen).
+            Err(rustix::io::Errno::EXIST) => freshen(dest).map(|_| ()).map_err(UnnamedError::Io),
             Err(rustix::io::Errno::NOENT) if !Path::new("/proc/self/fd").exists() => {
                 Err(UnnamedError::Unsupported)
             }
@@ -217,7 +241,9 @@ impl Inner {
             digest,
             size: data.len() as u64,
         };
-        if self.object_path("chunks", &digest).exists() {
+        // Already stored: reuse it, and mark it recently used so that a
+        // garbage collection running now does not take it away.
+        if freshen(&self.object_path("chunks", &digest)).map_err(Error::Io)? {
             return Ok(meta);
         }
         if self.compression == Compression::Zstd {
@@ -341,6 +367,70 @@ impl Inner {
         Ok(report)
     }
 
+    /// Lists first, then chunks: a concurrent writer writes its chunks
+    /// before its list, so a list this pass does not see has chunks young
+    /// enough to be spared.
+    fn collect_garbage(
+        &self,
+        live: &HashSet<B3Digest>,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<GcReport, Error> {
+        let now = SystemTime::now();
+        let young = |path: &Path| -> Result<bool, Error> {
+            let modified = fs::symlink_metadata(path)?.modified()?;
+            Ok(now.duration_since(modified).map_or(true, |age| age < grace))
+        };
+        let mut report = GcReport::default();
+        let sweep = |path: &Path, report: &mut GcReport| -> Result<(), Error> {
+            let len = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+            if !dry_run {
+                match fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            report.deleted += 1;
+            report.deleted_bytes += len;
+            Ok(())
+        };
+        let mut live_chunks: HashSet<B3Digest> = HashSet::new();
+        let objects = self.list_objects()?;
+        for (_, path, digest) in objects.iter().filter(|o| o.0 == "blobs") {
+            if live.contains(digest) {
+                report.live += 1;
+                // A live blob whose chunk list cannot be read would make
+                // every chunk look unused: stop rather than guess.
+                let list = self.read_list(digest)?.ok_or_else(|| {
+                    Error::Storage(format!("{}: vanished during collection", path.display()))
+                })?;
+                live_chunks.extend(list.iter().map(|c| c.digest));
+            } else if young(path)? {
+                report.young += 1;
+            } else {
+                sweep(path, &mut report)?;
+            }
+        }
+        for (_, path, digest) in objects.iter().filter(|o| o.0 == "chunks") {
+            if live.contains(digest) || live_chunks.contains(digest) {
+                report.live += 1;
+            } else if young(path)? {
+                report.young += 1;
+            } else {
+                sweep(path, &mut report)?;
+            }
+        }
+        // Temp files of writers that died.
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            let path = entry?.path();
+            if !young(&path)? {
+                sweep(&path, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
     fn list_objects(&self) -> Result<Vec<(&'static str, PathBuf, B3Digest)>, Error> {
         let mut out = Vec::new();
         for kind in ["chunks", "blobs"] {
@@ -414,6 +504,17 @@ impl BlobService for ObjectsBlobService {
             None => Ok(inner.object_path("chunks", &d).exists().then(Vec::new)),
         })
         .await
+    }
+
+    async fn collect_garbage(
+        &self,
+        live: &HashSet<B3Digest>,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<GcReport, Error> {
+        let inner = self.inner.clone();
+        let live = live.clone();
+        blocking(move || inner.collect_garbage(&live, grace, dry_run)).await
     }
 
     async fn verify_all(&self) -> Result<super::VerifyReport, Error> {

@@ -53,6 +53,25 @@ impl DirectoryService for MemoryDirectoryService {
         self.rule
     }
 
+    async fn collect_garbage(
+        &self,
+        live: &std::collections::HashSet<B3Digest>,
+        dry_run: bool,
+    ) -> Result<crate::gc::GcReport, Error> {
+        let mut map = self.dirs.write().map_err(|_| poisoned())?;
+        let mut report = crate::gc::GcReport::default();
+        map.retain(|digest, dir| {
+            if live.contains(digest) {
+                report.live += 1;
+                return true;
+            }
+            report.deleted += 1;
+            report.deleted_bytes += dir.encode().len() as u64;
+            dry_run
+        });
+        Ok(report)
+    }
+
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
         let map = self.dirs.read().map_err(|_| poisoned())?;
         Ok(super::verify_directories(

@@ -38,6 +38,18 @@ pub trait DirectoryService: Send + Sync {
     /// The size rule this store validates with.
     fn size_rule(&self) -> SizeRule;
 
+    /// Deletes every stored directory not in `live` (which the caller must
+    /// have made closed under "child of"). With `dry_run`, only reports.
+    async fn collect_garbage(
+        &self,
+        _live: &HashSet<B3Digest>,
+        _dry_run: bool,
+    ) -> Result<crate::gc::GcReport, Error> {
+        Err(Error::Storage(
+            "this directory service cannot collect garbage".into(),
+        ))
+    }
+
     /// Checks every stored directory: it decodes, hashes to its key, and its
     /// subdirectories exist with the declared sizes (an fsck).
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {

@@ -170,6 +170,47 @@ impl DirectoryService for RedbDirectoryService {
         self.rule
     }
 
+    async fn collect_garbage(
+        &self,
+        live: &std::collections::HashSet<B3Digest>,
+        dry_run: bool,
+    ) -> Result<crate::gc::GcReport, Error> {
+        let db = self.db.clone();
+        let live = live.clone();
+        blocking(move || {
+            // One write transaction: the sweep is all or nothing.
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut report = crate::gc::GcReport::default();
+            {
+                let mut table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+                let mut dead: Vec<Vec<u8>> = Vec::new();
+                for row in table.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let is_live = B3Digest::try_from(k.value()).is_ok_and(|d| live.contains(&d));
+                    if is_live {
+                        report.live += 1;
+                    } else {
+                        report.deleted += 1;
+                        report.deleted_bytes += v.value().len() as u64;
+                        dead.push(k.value().to_vec());
+                    }
+                }
+                if !dry_run {
+                    for k in &dead {
+                        table.remove(k.as_slice()).map_err(db_err)?;
+                    }
+                }
+            }
+            if dry_run {
+                txn.abort().map_err(db_err)?;
+            } else {
+                txn.commit().map_err(db_err)?;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
         let db = self.db.clone();
         let rule = self.rule;

@@ -1,6 +1,7 @@
 //! One module per subcommand group.
 
 pub mod castore;
+pub mod gc;
 pub mod key;
 pub mod nar;
 pub mod narinfo;
