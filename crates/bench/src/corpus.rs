@@ -5,10 +5,11 @@
 //!
 //! | tree | shape | groups |
 //! | --- | --- | --- |
-//! | `usr-share-doc` | copy of `/usr/share/doc`: thousands of tiny files | nar, import |
-//! | `python3.X` | copy of the Python stdlib with the most files: small to mid-size files | nar, import |
-//! | `rust-lib` | copy of `$(rustc --print sysroot)/lib`: a few dozen files, some of 100+ MiB | import |
-//! | `large-2GiB` (`large-256MiB` with `--quick`) | one huge and three 64 MiB pseudo-random files | nar |
+//! | `usr-share-doc` | copy of `/usr/share/doc`: thousands of tiny files | nar, import, store |
+//! | `python3.X` | copy of the Python stdlib with the most files: small to mid-size files | nar, import, store |
+//! | `rust-lib` | copy of `$(rustc --print sysroot)/lib`: a few dozen files, some of 100+ MiB | import, store |
+//! | `large-2GiB` (`large-256MiB` with `--quick`) | one huge and three 64 MiB pseudo-random files | nar, store (256 MiB only) |
+//! | `large-4GiB` | one 3,904 MiB and four 64 MiB pseudo-random files: a NAR over 4 GiB | store |
 //! | `kitchen-sink` | `cairn_testkit::generated_trees`: every NAR shape, odd names, deep nesting | nar |
 //!
 //! Each group picks its trees with the [`Spec`] constructors and hands them
@@ -149,18 +150,30 @@ impl Spec {
     /// One big (2 GiB, or 256 MiB with `quick`) and three 64 MiB
     /// pseudo-random files.
     pub fn large(quick: bool) -> Spec {
-        let (big, name) = if quick {
-            (256 * MIB, "large-256MiB")
+        if quick {
+            Self::generated("large-256MiB", 256 * MIB, 3)
         } else {
-            (2048 * MIB, "large-2GiB")
-        };
+            Self::generated("large-2GiB", 2048 * MIB, 3)
+        }
+    }
+
+    /// One 3,904 MiB and four 64 MiB pseudo-random files: a NAR just over
+    /// 4 GiB, for checking that memory stays flat past the 32-bit sizes.
+    pub fn large_4gib() -> Spec {
+        Self::generated("large-4GiB", 3904 * MIB, 4)
+    }
+
+    /// One file of `big` bytes and `small` files of 64 MiB, pseudo-random.
+    fn generated(name: &str, big: u64, small: usize) -> Spec {
+        let mut sizes = vec![big];
+        sizes.resize(1 + small, 64 * MIB);
         Spec {
             name: name.into(),
             description: format!(
-                "generated: 1 x {} MiB + 3 x 64 MiB pseudo-random files",
+                "generated: 1 x {} MiB + {small} x 64 MiB pseudo-random files",
                 big / MIB
             ),
-            source: Source::Large(vec![big, 64 * MIB, 64 * MIB, 64 * MIB]),
+            source: Source::Large(sizes),
         }
     }
 
@@ -417,6 +430,25 @@ mod tests {
             rng.fill(chunk);
         }
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn large_trees_keep_their_descriptions() {
+        // Markers of trees built before record these; changing them would
+        // rebuild the trees.
+        assert_eq!(
+            Spec::large(true).description,
+            "generated: 1 x 256 MiB + 3 x 64 MiB pseudo-random files"
+        );
+        assert_eq!(
+            Spec::large(false).description,
+            "generated: 1 x 2048 MiB + 3 x 64 MiB pseudo-random files"
+        );
+        let Source::Large(sizes) = Spec::large_4gib().source else {
+            panic!("large-4GiB is not generated");
+        };
+        assert_eq!(sizes.len(), 5);
+        assert!(sizes.iter().sum::<u64>() > 4 << 30, "{sizes:?}");
     }
 
     #[test]

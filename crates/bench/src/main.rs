@@ -15,6 +15,7 @@ mod corpus;
 mod harness;
 mod import;
 mod nar;
+mod store;
 
 /// Benchmarks Cairn against the tools it replaces, on this machine, now.
 ///
@@ -33,6 +34,8 @@ enum Group {
     Nar(nar::NarArgs),
     /// Importing trees: `cairn castore import` (cold, warm) against `b3sum` and `cp -r`.
     Import(import::ImportArgs),
+    /// Store commands: `cairn import|export|import-nar` against `nix-store --add|--dump|--restore`.
+    Store(store::StoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.group {
         Group::Nar(args) => nar::run(args),
         Group::Import(args) => import::run(args),
+        Group::Store(args) => store::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
