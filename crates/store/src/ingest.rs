@@ -1,9 +1,10 @@
 //! NAR ingest: one streaming pass from any `AsyncRead` NAR into castore
 //! blobs and directories, computing the NAR's sha256 and size on the way.
 //!
-//! Parsing and hashing run on the calling task; every file's contents are
-//! handed to a task of their own that stores them, so hashing the NAR and
-//! storing blobs overlap. Memory is bounded by [`IN_FLIGHT_BYTES`] of file
+//! Parsing runs on the calling task, sha256 on a thread of its own fed a
+//! copy of the input, and file contents are stored by tasks: small files
+//! in batches (one `put_many` per batch), large ones streamed to a blob
+//! writer each. Hashing, parsing and storing overlap. Memory is bounded by [`IN_FLIGHT_BYTES`] of file
 //! contents plus the tree's names, whatever the NAR's size.
 //!
 //! A NAR that turns out malformed (or truncated, or followed by junk) at
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use cairn_castore::blobservice::put_bytes;
 use cairn_castore::import::{EntryId, ImportError, Progress, TreeBuilder};
 use cairn_castore::{B3Digest, BlobService, DirectoryService, Node};
 use cairn_nix::hash::{HashAlgo, Hasher};
@@ -27,6 +27,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::PollSender;
 
 /// File contents read from the NAR but not yet stored, at most. Together
 /// with the blob writers' own buffers this bounds an ingest's memory.
@@ -66,11 +67,17 @@ pub enum IngestError {
     Castore(#[from] cairn_castore::Error),
 }
 
-/// Hashes everything read through it.
+/// Passes a copy of everything read through it to a hashing thread, so
+/// that sha256 (the slowest hash in the job) runs beside the parsing
+/// rather than in series with it. Reading waits while the hasher is
+/// [`HASH_QUEUE`] pieces behind.
 struct HashingReader<R> {
     inner: R,
-    hasher: Hasher,
+    to_hasher: PollSender<Bytes>,
 }
+
+/// Pieces of input the hasher may lag behind by.
+const HASH_QUEUE: usize = 16;
 
 impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     fn poll_read(
@@ -78,17 +85,74 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
+        match this.to_hasher.poll_reserve(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(io::Error::other("NAR hasher stopped"))),
+        }
+        let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            this.hasher.update(&buf.filled()[before..]);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let piece = Bytes::copy_from_slice(&buf.filled()[before..]);
+                if this.to_hasher.send_item(piece).is_err() {
+                    return Poll::Ready(Err(io::Error::other("NAR hasher stopped")));
+                }
+            }
+            _ => {
+                this.to_hasher.abort_send();
+            }
         }
         r
     }
 }
 
-type Stored = Result<(EntryId, B3Digest), cairn_castore::Error>;
+/// Starts the hashing thread: it hashes every piece it receives until the
+/// sender is dropped, then returns the sha256.
+type HashTask = tokio::task::JoinHandle<Result<[u8; 32], cairn_nix::hash::HashError>>;
+
+fn spawn_hasher() -> (PollSender<Bytes>, HashTask) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(HASH_QUEUE);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut hasher = Hasher::new(HashAlgo::Sha256);
+        while let Some(piece) = rx.blocking_recv() {
+            hasher.update(&piece);
+        }
+        hasher.finish().sha256_bytes()
+    });
+    (PollSender::new(tx), task)
+}
+
+type Stored = Result<Vec<(EntryId, B3Digest)>, cairn_castore::Error>;
+
+/// A batch of small files waiting to be stored by one `put_many` call.
+#[derive(Default)]
+struct SmallBatch {
+    files: Vec<(EntryId, Bytes)>,
+    bytes: usize,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// A batch is sent off at this many bytes or files.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+const BATCH_FILES: usize = 128;
+
+impl SmallBatch {
+    fn send(&mut self, blobs: &Arc<dyn BlobService>, stores: &mut JoinSet<Stored>) {
+        if self.files.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(self);
+        let blobs = blobs.clone();
+        stores.spawn(async move {
+            let (ids, data): (Vec<EntryId>, Vec<Bytes>) = batch.files.into_iter().unzip();
+            let digests = blobs.put_many(data).await?;
+            drop(batch.permits);
+            Ok(ids.into_iter().zip(digests).collect())
+        });
+    }
+}
 
 /// Ingests the NAR read from `source`.
 pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
@@ -97,14 +161,16 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     dirs: &dyn DirectoryService,
     progress: &dyn Progress,
 ) -> Result<IngestedNar, IngestError> {
+    let (to_hasher, hasher) = spawn_hasher();
     let hashing = HashingReader {
         inner: source,
-        hasher: Hasher::new(HashAlgo::Sha256),
+        to_hasher,
     };
     let mut nar = AsyncNarReader::new(BufReader::with_capacity(READ_BUFFER, hashing));
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES / PERMIT_BYTES));
     let mut tree = TreeBuilder::new("NAR");
     let mut stores: JoinSet<Stored> = JoinSet::new();
+    let mut batch = SmallBatch::default();
     // The name the next node gets; the root's is empty.
     let mut name: Vec<u8> = Vec::new();
 
@@ -122,32 +188,42 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
                 executable, size, ..
             } => {
                 let id = tree.file(&name, size, executable);
-                store_contents(&mut nar, id, size, &blobs, &budget, &mut stores).await?;
+                if size <= PIECE as u64 {
+                    let len = size as usize;
+                    batch.permits.push(take_budget(&budget, len).await?);
+                    batch.files.push((id, read_piece(&mut nar, len).await?));
+                    batch.bytes += len;
+                    if batch.bytes >= BATCH_BYTES || batch.files.len() >= BATCH_FILES {
+                        batch.send(&blobs, &mut stores);
+                    }
+                } else {
+                    store_large(&mut nar, id, size, &blobs, &budget, &mut stores).await?;
+                }
                 progress.file_done(size);
             }
         }
         // Record what has finished, and stop early if a store failed.
         while let Some(done) = stores.try_join_next() {
-            let (id, digest) = joined(done)?;
-            tree.set_digest(id, digest);
+            for (id, digest) in joined(done)? {
+                tree.set_digest(id, digest);
+            }
         }
     }
+    batch.send(&blobs, &mut stores);
     // The reader has checked that nothing follows the NAR, so everything
     // hashed is the NAR.
     let nar_size = nar.offset();
-    let nar_sha256 = nar
-        .into_inner()
-        .into_inner()
-        .hasher
-        .finish()
-        .sha256_bytes()
-        .map_err(|e| {
-            IngestError::Castore(cairn_castore::Error::Storage(format!("NAR hash: {e}")))
-        })?;
+    // Dropping the reader closes the hasher's queue; it then finishes.
+    drop(nar);
+    let nar_sha256 = hasher
+        .await
+        .map_err(|e| cairn_castore::Error::Storage(format!("NAR hasher: {e}")))?
+        .map_err(|e| cairn_castore::Error::Storage(format!("NAR hash: {e}")))?;
 
     while let Some(done) = stores.join_next().await {
-        let (id, digest) = joined(done)?;
-        tree.set_digest(id, digest);
+        for (id, digest) in joined(done)? {
+            tree.set_digest(id, digest);
+        }
     }
     // Directory records must not become durable before the blobs they reach.
     blobs.sync().await?;
@@ -161,7 +237,7 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
 
 fn joined(
     done: Result<Stored, tokio::task::JoinError>,
-) -> Result<(EntryId, B3Digest), IngestError> {
+) -> Result<Vec<(EntryId, B3Digest)>, IngestError> {
     let stored = done.map_err(|e| cairn_castore::Error::Storage(format!("blob task: {e}")))?;
     Ok(stored?)
 }
@@ -194,9 +270,9 @@ async fn read_piece<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(buf.freeze())
 }
 
-/// Reads the current file's contents and hands them to a task that stores
-/// them; the task's result carries the file's entry and digest.
-async fn store_contents<R: tokio::io::AsyncBufRead + Unpin>(
+/// Streams a large file's contents to a blob writer task, piece by piece;
+/// the task's result carries the file's entry and digest.
+async fn store_large<R: tokio::io::AsyncBufRead + Unpin>(
     nar: &mut AsyncNarReader<R>,
     id: EntryId,
     size: u64,
@@ -204,19 +280,6 @@ async fn store_contents<R: tokio::io::AsyncBufRead + Unpin>(
     budget: &Arc<Semaphore>,
     stores: &mut JoinSet<Stored>,
 ) -> Result<(), IngestError> {
-    if size <= PIECE as u64 {
-        let len = size as usize;
-        let permit = take_budget(budget, len).await?;
-        let data = read_piece(nar, len).await?;
-        let blobs = blobs.clone();
-        stores.spawn(async move {
-            let digest = put_bytes(blobs.as_ref(), &data).await?;
-            drop(permit);
-            Ok((id, digest))
-        });
-        return Ok(());
-    }
-
     // A large file: a writer task fed piece by piece, each piece holding
     // its share of the budget until the writer has taken it.
     let reserve = take_budget(budget, WRITER_RESERVE).await?;
@@ -239,7 +302,7 @@ async fn store_contents<R: tokio::io::AsyncBufRead + Unpin>(
         }
         let digest = writer.close().await?;
         drop(reserve);
-        Ok((id, digest))
+        Ok(vec![(id, digest)])
     });
     let mut left = size;
     while left > 0 {

@@ -21,10 +21,10 @@ use futures::{StreamExt, TryStreamExt};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-/// Blobs opened ahead of the one being copied.
-const OPEN_AHEAD: usize = 8;
+/// Fetches (batches of small blobs, or large blobs opened) ahead of the one being copied.
+const OPEN_AHEAD: usize = 4;
 /// Output is written in pieces of at least this size.
-const OUTPUT_BUFFER: usize = 128 * 1024;
+const OUTPUT_BUFFER: usize = 1024 * 1024;
 
 /// Why a NAR could not be rendered.
 #[derive(Debug, Error)]
@@ -194,9 +194,12 @@ impl NarLayout {
                 wanted.push((i, from..to));
             }
         }
-        let mut readers = futures::stream::iter(blob_reads)
-            .map(|(digest, size, within)| open_at(blobs, digest, size, within))
+        // Small blobs are fetched in batches (one backend call for many
+        // files), large ones opened as readers; a few units ahead.
+        let mut units = futures::stream::iter(fetch_units(blob_reads))
+            .map(|unit| fetch(blobs, unit))
             .buffered(OPEN_AHEAD);
+        let mut current: Option<Fetched> = None;
         for (i, within) in wanted {
             match &self.parts[i] {
                 Part::Literal(bytes) => {
@@ -204,24 +207,123 @@ impl NarLayout {
                     out.write_all(slice).await.map_err(RenderError::Output)?;
                 }
                 Part::Blob { .. } => {
-                    let (reader, digest, size, within) =
-                        readers.next().await.ok_or_else(|| {
-                            cairn_castore::Error::Storage("blob reader lost".into())
-                        })??;
-                    let want = within.end - within.start;
-                    let copied = copy_exactly(reader.take(want), &mut out).await?;
-                    if copied != want {
-                        return Err(RenderError::ShortBlob {
-                            digest,
-                            expected: size,
-                            got: within.start + copied,
-                        });
+                    let item = loop {
+                        if let Some(item) = current.as_mut().and_then(Fetched::next) {
+                            break item;
+                        }
+                        current = Some(units.next().await.ok_or_else(|| {
+                            cairn_castore::Error::Storage("blob fetch lost".into())
+                        })??);
+                    };
+                    match item {
+                        FetchedBlob::Whole(data, digest, size, within) => {
+                            if data.len() as u64 != size {
+                                return Err(RenderError::ShortBlob {
+                                    digest,
+                                    expected: size,
+                                    got: data.len() as u64,
+                                });
+                            }
+                            let slice = &data[within.start as usize..within.end as usize];
+                            out.write_all(slice).await.map_err(RenderError::Output)?;
+                        }
+                        FetchedBlob::Reader((reader, digest, size, within)) => {
+                            let want = within.end - within.start;
+                            let copied = copy_exactly(reader.take(want), &mut out).await?;
+                            if copied != want {
+                                return Err(RenderError::ShortBlob {
+                                    digest,
+                                    expected: size,
+                                    got: within.start + copied,
+                                });
+                            }
+                        }
                     }
                 }
             }
         }
         out.flush().await.map_err(RenderError::Output)?;
         Ok(out.into_inner())
+    }
+}
+
+/// Blobs up to this size are read whole, in batches.
+const SMALL_BLOB: u64 = 256 * 1024;
+/// A batch of small blobs holds at most this many bytes, or blobs.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+const BATCH_BLOBS: usize = 128;
+
+type Wanted = (B3Digest, u64, Range<u64>);
+
+/// What one fetch brings in: a batch of small blobs, or one large one.
+enum FetchUnit {
+    Small(Vec<Wanted>),
+    Large(Wanted),
+}
+
+fn fetch_units(reads: Vec<Wanted>) -> Vec<FetchUnit> {
+    let mut units = Vec::new();
+    let mut batch: Vec<Wanted> = Vec::new();
+    let mut batch_bytes = 0;
+    for read in reads {
+        if read.1 <= SMALL_BLOB {
+            batch_bytes += read.1;
+            batch.push(read);
+            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_BLOBS {
+                units.push(FetchUnit::Small(std::mem::take(&mut batch)));
+                batch_bytes = 0;
+            }
+        } else {
+            if !batch.is_empty() {
+                units.push(FetchUnit::Small(std::mem::take(&mut batch)));
+                batch_bytes = 0;
+            }
+            units.push(FetchUnit::Large(read));
+        }
+    }
+    if !batch.is_empty() {
+        units.push(FetchUnit::Small(batch));
+    }
+    units
+}
+
+enum FetchedBlob {
+    Whole(Bytes, B3Digest, u64, Range<u64>),
+    Reader(OpenBlob),
+}
+
+enum Fetched {
+    Small(std::vec::IntoIter<FetchedBlob>),
+    Large(Option<OpenBlob>),
+}
+
+impl Fetched {
+    fn next(&mut self) -> Option<FetchedBlob> {
+        match self {
+            Fetched::Small(items) => items.next(),
+            Fetched::Large(one) => one.take().map(FetchedBlob::Reader),
+        }
+    }
+}
+
+async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, RenderError> {
+    match unit {
+        FetchUnit::Large((digest, size, within)) => Ok(Fetched::Large(Some(
+            open_at(blobs, digest, size, within).await?,
+        ))),
+        FetchUnit::Small(batch) => {
+            let digests: Vec<B3Digest> = batch.iter().map(|w| w.0).collect();
+            let found = blobs.read_many(&digests).await?;
+            let mut items = Vec::with_capacity(batch.len());
+            for ((digest, size, within), data) in batch.into_iter().zip(found) {
+                let data = data.ok_or(cairn_castore::Error::NotFound {
+                    what: "blob",
+                    digest,
+                })?;
+                items.push(FetchedBlob::Whole(data, digest, size, within));
+            }
+            Ok(Fetched::Small(items.into_iter()))
+        }
     }
 }
 

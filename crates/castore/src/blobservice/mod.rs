@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek};
 
 use crate::{B3Digest, Error};
@@ -57,6 +58,25 @@ pub trait BlobService: Send + Sync {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
     /// A writer for a new blob.
     async fn open_write(&self) -> Box<dyn BlobWriter>;
+    /// Stores several small blobs held in memory; returns their digests in
+    /// order. For many small files at once (NAR ingest): backends on
+    /// local disk do the whole batch in one step rather than one per blob.
+    async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for b in &blobs {
+            out.push(put_bytes(self, b).await?);
+        }
+        Ok(out)
+    }
+    /// The whole, verified contents of several blobs (each `None` if
+    /// absent). Meant for small blobs: everything is returned in memory.
+    async fn read_many(&self, digests: &[B3Digest]) -> Result<Vec<Option<Bytes>>, Error> {
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            out.push(read_to_vec(self, d).await?.map(Bytes::from));
+        }
+        Ok(out)
+    }
     /// The blob's chunks: `None` if the blob does not exist, an empty list
     /// if it has no finer chunks.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
@@ -107,7 +127,10 @@ pub struct VerifyReport {
 }
 
 /// Writes `data` as one blob and returns its digest.
-pub async fn put_bytes(service: &dyn BlobService, data: &[u8]) -> Result<B3Digest, Error> {
+pub async fn put_bytes(
+    service: &(impl BlobService + ?Sized),
+    data: &[u8],
+) -> Result<B3Digest, Error> {
     let mut w = service.open_write().await;
     w.write(data).await?;
     w.close().await
@@ -115,7 +138,7 @@ pub async fn put_bytes(service: &dyn BlobService, data: &[u8]) -> Result<B3Diges
 
 /// Reads a whole blob into memory (for small blobs and tests).
 pub async fn read_to_vec(
-    service: &dyn BlobService,
+    service: &(impl BlobService + ?Sized),
     digest: &B3Digest,
 ) -> Result<Option<Vec<u8>>, Error> {
     use tokio::io::AsyncReadExt;

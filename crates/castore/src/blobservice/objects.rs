@@ -284,6 +284,26 @@ impl Inner {
         Ok(Some(Bytes::from(data)))
     }
 
+    /// A chunked blob's whole contents, each chunk and the whole verified.
+    fn read_chunked(&self, digest: &B3Digest, list: &[ChunkMeta]) -> Result<Bytes, Error> {
+        let mut out = Vec::with_capacity(list.iter().map(|c| c.size as usize).sum());
+        for c in list {
+            let data = self.read_chunk(&c.digest)?.ok_or(Error::NotFound {
+                what: "chunk",
+                digest: c.digest,
+            })?;
+            out.extend_from_slice(&data);
+        }
+        let actual = B3Digest::of(&out);
+        if actual != *digest {
+            return Err(Error::Integrity {
+                digest: *digest,
+                detail: format!("chunks concatenate to {actual}"),
+            });
+        }
+        Ok(Bytes::from(out))
+    }
+
     fn write_list(&self, digest: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error> {
         let mut body = Vec::with_capacity(8 + chunks.len() * 40 + 32);
         body.extend_from_slice(LIST_MAGIC);
@@ -465,9 +485,10 @@ impl BlobService for ObjectsBlobService {
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         let inner = self.inner.clone();
         let d = *digest;
-        let found = blocking(move || match inner.read_list(&d)? {
-            Some(list) => Ok(Some(Err(list))),
-            None => Ok(inner.read_chunk(&d)?.map(Ok)),
+        // Most blobs are stored whole (one chunk file): look there first.
+        let found = blocking(move || match inner.read_chunk(&d)? {
+            Some(whole) => Ok(Some(Ok(whole))),
+            None => Ok(inner.read_list(&d)?.map(Err)),
         })
         .await?;
         Ok(match found {
@@ -486,6 +507,42 @@ impl BlobService for ObjectsBlobService {
             inner: self.inner.clone(),
             assembly: Some(Assembly::new()),
         })
+    }
+
+    async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            blobs
+                .into_iter()
+                .map(|data| {
+                    let mut assembly = Assembly::new();
+                    assembly.buf = Vec::from(data);
+                    if assembly.should_cut() {
+                        assembly.cut(&inner, false)?;
+                    }
+                    assembly.finish(&inner)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn read_many(&self, digests: &[B3Digest]) -> Result<Vec<Option<Bytes>>, Error> {
+        let inner = self.inner.clone();
+        let digests = digests.to_vec();
+        blocking(move || {
+            digests
+                .iter()
+                .map(|d| match inner.read_chunk(d)? {
+                    Some(whole) => Ok(Some(whole)),
+                    None => match inner.read_list(d)? {
+                        Some(list) => inner.read_chunked(d, &list).map(Some),
+                        None => Ok(None),
+                    },
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
