@@ -7,6 +7,7 @@
 //! `cairn-castore` and `cairn-nix`.
 
 pub mod addr;
+mod bridge;
 pub mod compression;
 pub mod ingest;
 pub mod nar_calc;
@@ -16,6 +17,7 @@ pub mod proto;
 pub mod render;
 mod store;
 
+pub use bridge::read_on_thread;
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
 pub use store::{GcSummary, NarDescription, Store, StoreError};

@@ -24,6 +24,7 @@ use futures::TryStreamExt;
 use thiserror::Error;
 use tokio::io::AsyncRead;
 
+use crate::bridge::{channel_reader, ChannelWriter};
 use crate::ingest::{ingest_nar, IngestError, IngestedNar};
 use crate::pathinfoservice::Error as PathInfoServiceError;
 use crate::render::{NarLayout, RenderError};
@@ -470,38 +471,6 @@ impl Store {
     }
 }
 
-/// A writer that sends what it is given down a channel, for a NAR dumped
-/// on a blocking thread and ingested on an async one.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    buf: Vec<u8>,
-}
-
-const DUMP_PIECE: usize = 256 * 1024;
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= DUMP_PIECE {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let piece = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(DUMP_PIECE),
-        ));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "ingest stopped"))
-    }
-}
-
 /// Why a dump stopped.
 enum DumpFailure {
     /// Reading the tree failed (or it holds something a NAR cannot).
@@ -517,10 +486,7 @@ type DumpTask = tokio::task::JoinHandle<Result<(), DumpFailure>>;
 fn dump_as_stream(path: std::path::PathBuf) -> (impl AsyncRead + Unpin + Send, DumpTask) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let task = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(DUMP_PIECE),
-        };
+        let writer = ChannelWriter::new(tx.clone());
         let result = cairn_nix::nar::fs::dump_path(&path, writer).and_then(|mut w| {
             std::io::Write::flush(&mut w).map_err(|e| cairn_nix::nar::fs::DumpError::Write {
                 path: path.clone(),
@@ -538,8 +504,5 @@ fn dump_as_stream(path: std::path::PathBuf) -> (impl AsyncRead + Unpin + Send, D
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (tokio_util::io::StreamReader::new(Box::pin(stream)), task)
+    (channel_reader(rx), task)
 }

@@ -212,16 +212,17 @@ async fn open_input(
     path: &Path,
     bar: Arc<Bar>,
 ) -> Result<BufReader<Counting<Box<dyn AsyncRead + Unpin + Send>>>> {
+    // Read on a thread of its own: tokio's file and stdin types hop to the
+    // blocking pool for every read.
     let raw: Box<dyn AsyncRead + Unpin + Send> = if path.as_os_str() == "-" {
-        Box::new(tokio::io::stdin())
+        Box::new(cairn_store::read_on_thread(std::io::stdin()))
     } else {
-        let f = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        if let Ok(meta) = f.metadata().await {
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if let Ok(meta) = f.metadata() {
             bar.set_total(meta.len());
         }
-        Box::new(f)
+        Box::new(cairn_store::read_on_thread(f))
     };
     Ok(BufReader::with_capacity(
         256 * 1024,
