@@ -527,3 +527,40 @@ fn gc_deletes_only_what_no_path_reaches() {
     let usage = env.cairn().arg("gc").output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[test]
+fn export_to_a_reader_that_stops_early_exits_quietly() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(
+        tree.join("big"),
+        cairn_testkit::pseudo_random_bytes(4, 4 << 20),
+    )
+    .unwrap();
+    let p = env.import(&tree);
+    // Like `cairn export P | head -c 100`.
+    let mut child = env
+        .cairn()
+        .args(["export", &p])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&first[8..21], b"nix-archive-1");
+}

@@ -1,6 +1,7 @@
-//! Bytes between blocking threads and async readers: a NAR dumped by sync
+//! Bytes between blocking threads and async code: a NAR dumped by sync
 //! code on a blocking thread, or a file or stdin read there, becomes an
-//! `AsyncRead` for the ingest, in pieces through a bounded channel.
+//! `AsyncRead` for the ingest, in pieces through a bounded channel; and a
+//! rendered NAR goes the other way, to a thread writing it out.
 //!
 //! Why not `tokio::fs::File` / `tokio::io::stdin`: they hop to the
 //! blocking pool for every read; one thread reading large pieces costs a
@@ -11,6 +12,8 @@ use std::io::{self, Read};
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
+
+use crate::render::{NarSink, RenderError};
 
 /// Size of the pieces sent.
 const PIECE: usize = 256 * 1024;
@@ -86,4 +89,83 @@ pub fn read_on_thread<R: Read + Send + 'static>(mut source: R) -> impl AsyncRead
         }
     });
     channel_reader(rx)
+}
+
+/// Pieces smaller than this are gathered before being written.
+const GATHER: usize = 256 * 1024;
+
+/// A [`NarSink`] that hands pieces (no copy) to a thread writing them to
+/// a `std::io::Write` (stdout, a file): small pieces are gathered into
+/// larger writes, large ones written as they are.
+pub struct ThreadWriterSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ThreadWriterSink {
+    /// Starts the writing thread.
+    pub fn new<W: io::Write + Send + 'static>(mut out: W) -> io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE * 2);
+        let thread = std::thread::Builder::new()
+            .name("nar-writer".into())
+            .spawn(move || {
+                let mut gathered: Vec<u8> = Vec::with_capacity(GATHER);
+                while let Some(piece) = rx.blocking_recv() {
+                    if piece.len() >= GATHER {
+                        if !gathered.is_empty() {
+                            out.write_all(&gathered)?;
+                            gathered.clear();
+                        }
+                        out.write_all(&piece)?;
+                    } else {
+                        gathered.extend_from_slice(&piece);
+                        if gathered.len() >= GATHER {
+                            out.write_all(&gathered)?;
+                            gathered.clear();
+                        }
+                    }
+                }
+                out.write_all(&gathered)?;
+                out.flush()
+            })?;
+        Ok(ThreadWriterSink {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for everything to be written; the writer's error, if any.
+    pub async fn finish(mut self) -> io::Result<()> {
+        self.tx = None;
+        self.join().await
+    }
+
+    async fn join(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|_| io::Error::other("NAR writer thread panicked"))?
+    }
+}
+
+#[async_trait::async_trait]
+impl NarSink for ThreadWriterSink {
+    async fn piece(&mut self, piece: Bytes) -> Result<(), RenderError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(piece).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped: its error says why.
+        self.tx = None;
+        Err(RenderError::Output(match self.join().await {
+            Err(e) => e,
+            Ok(()) => io::Error::other("NAR writer stopped"),
+        }))
+    }
 }

@@ -17,7 +17,7 @@ pub mod proto;
 pub mod render;
 mod store;
 
-pub use bridge::read_on_thread;
+pub use bridge::{read_on_thread, ThreadWriterSink};
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
 pub use store::{GcSummary, NarDescription, Store, StoreError};

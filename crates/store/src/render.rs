@@ -47,7 +47,7 @@ pub enum RenderError {
     },
     /// The output failed.
     #[error("writing NAR: {0}")]
-    Output(std::io::Error),
+    Output(#[source] std::io::Error),
     /// A range that does not lie within the NAR.
     #[error("range {start}..{end} is outside the NAR's {size} bytes")]
     BadRange {
@@ -162,6 +162,21 @@ impl NarLayout {
         out: W,
         range: Range<u64>,
     ) -> Result<W, RenderError> {
+        let mut sink = WriterSink(BufWriter::with_capacity(OUTPUT_BUFFER, out));
+        self.render_range(blobs, range, &mut sink).await?;
+        sink.0.flush().await.map_err(RenderError::Output)?;
+        Ok(sink.0.into_inner())
+    }
+
+    /// Hands bytes `range` of the NAR to `sink` in order, as pieces that
+    /// share memory with what was read (no copies of file contents on the
+    /// way, except out of large blobs' readers).
+    pub async fn render_range(
+        &self,
+        blobs: &dyn BlobService,
+        range: Range<u64>,
+        sink: &mut dyn NarSink,
+    ) -> Result<(), RenderError> {
         if range.start > range.end || range.end > self.size {
             return Err(RenderError::BadRange {
                 start: range.start,
@@ -169,7 +184,6 @@ impl NarLayout {
                 size: self.size,
             });
         }
-        let mut out = BufWriter::with_capacity(OUTPUT_BUFFER, out);
         // The parts that overlap the range, each with the slice of it wanted.
         // Plain loops and owned items: iterator adaptors over borrowed parts
         // would make this future not `Send`.
@@ -203,8 +217,8 @@ impl NarLayout {
         for (i, within) in wanted {
             match &self.parts[i] {
                 Part::Literal(bytes) => {
-                    let slice = &bytes[within.start as usize..within.end as usize];
-                    out.write_all(slice).await.map_err(RenderError::Output)?;
+                    sink.piece(bytes.slice(within.start as usize..within.end as usize))
+                        .await?;
                 }
                 Part::Blob { .. } => {
                     let item = loop {
@@ -224,12 +238,12 @@ impl NarLayout {
                                     got: data.len() as u64,
                                 });
                             }
-                            let slice = &data[within.start as usize..within.end as usize];
-                            out.write_all(slice).await.map_err(RenderError::Output)?;
+                            sink.piece(data.slice(within.start as usize..within.end as usize))
+                                .await?;
                         }
                         FetchedBlob::Reader((reader, digest, size, within)) => {
                             let want = within.end - within.start;
-                            let copied = copy_exactly(reader.take(want), &mut out).await?;
+                            let copied = copy_pieces(reader.take(want), sink).await?;
                             if copied != want {
                                 return Err(RenderError::ShortBlob {
                                     digest,
@@ -242,8 +256,23 @@ impl NarLayout {
                 }
             }
         }
-        out.flush().await.map_err(RenderError::Output)?;
-        Ok(out.into_inner())
+        Ok(())
+    }
+}
+
+/// Receives a rendered NAR, piece by piece, in order.
+#[async_trait::async_trait]
+pub trait NarSink: Send {
+    /// The next piece.
+    async fn piece(&mut self, piece: Bytes) -> Result<(), RenderError>;
+}
+
+struct WriterSink<W>(BufWriter<W>);
+
+#[async_trait::async_trait]
+impl<W: AsyncWrite + Unpin + Send> NarSink for WriterSink<W> {
+    async fn piece(&mut self, piece: Bytes) -> Result<(), RenderError> {
+        self.0.write_all(&piece).await.map_err(RenderError::Output)
     }
 }
 
@@ -312,8 +341,8 @@ async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, Rend
             open_at(blobs, digest, size, within).await?,
         ))),
         FetchUnit::Small(batch) => {
-            let digests: Vec<B3Digest> = batch.iter().map(|w| w.0).collect();
-            let found = blobs.read_many(&digests).await?;
+            let wanted: Vec<(B3Digest, u64)> = batch.iter().map(|w| (w.0, w.1)).collect();
+            let found = blobs.read_many(&wanted).await?;
             let mut items = Vec::with_capacity(batch.len());
             for ((digest, size, within), data) in batch.into_iter().zip(found) {
                 let data = data.ok_or(cairn_castore::Error::NotFound {
@@ -357,27 +386,29 @@ async fn open_at(
     Ok((reader, digest, size, within))
 }
 
-/// Copies a blob reader to `out`, telling a failed read (verification) from
-/// a failed write.
-async fn copy_exactly<R, W>(mut reader: R, out: &mut W) -> Result<u64, RenderError>
+/// Reads a large blob in pieces of up to [`OUTPUT_BUFFER`] bytes into
+/// `sink`, telling a failed read (verification) from a failed write.
+async fn copy_pieces<R>(mut reader: R, sink: &mut dyn NarSink) -> Result<u64, RenderError>
 where
     R: tokio::io::AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(cairn_castore::Error::from_io)?;
-        if n == 0 {
+        let mut buf = bytes::BytesMut::with_capacity(OUTPUT_BUFFER);
+        while buf.len() < OUTPUT_BUFFER {
+            let n = reader
+                .read_buf(&mut buf)
+                .await
+                .map_err(cairn_castore::Error::from_io)?;
+            if n == 0 {
+                break;
+            }
+        }
+        if buf.is_empty() {
             return Ok(total);
         }
-        out.write_all(&buf[..n])
-            .await
-            .map_err(RenderError::Output)?;
-        total += n as u64;
+        total += buf.len() as u64;
+        sink.piece(buf.freeze()).await?;
     }
 }
 

@@ -69,10 +69,12 @@ pub trait BlobService: Send + Sync {
         Ok(out)
     }
     /// The whole, verified contents of several blobs (each `None` if
-    /// absent). Meant for small blobs: everything is returned in memory.
-    async fn read_many(&self, digests: &[B3Digest]) -> Result<Vec<Option<Bytes>>, Error> {
-        let mut out = Vec::with_capacity(digests.len());
-        for d in digests {
+    /// absent), given with the sizes the caller expects (a hint for
+    /// reading in one step; what is returned is verified by digest, not
+    /// by size). Meant for small blobs: everything is returned in memory.
+    async fn read_many(&self, wanted: &[(B3Digest, u64)]) -> Result<Vec<Option<Bytes>>, Error> {
+        let mut out = Vec::with_capacity(wanted.len());
+        for (d, _) in wanted {
             out.push(read_to_vec(self, d).await?.map(Bytes::from));
         }
         Ok(out)

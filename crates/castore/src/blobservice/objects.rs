@@ -93,6 +93,29 @@ impl ObjectsBlobService {
     }
 }
 
+/// Reads a file expected to be `len` bytes long: one `read` of `len + 1`
+/// bytes, which for a regular file comes back short only at its end. A
+/// file that turns out longer is read whole the ordinary way.
+fn read_expecting(path: &Path, len: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; len + 1];
+    let n = loop {
+        match file.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    if n <= len {
+        buf.truncate(n);
+        return Ok(buf);
+    }
+    buf.truncate(n);
+    file.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// Sets `path`'s modification time to now; `false` if it does not exist.
 /// The time is what garbage collection's grace period is measured from, so
 /// an object a writer reuses counts as new.
@@ -259,8 +282,24 @@ impl Inner {
 
     /// Reads a chunk and checks it hashes to its name.
     fn read_chunk(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+        self.read_chunk_sized(digest, None)
+    }
+
+    /// Reads a chunk and checks it hashes to its name. With the expected
+    /// (uncompressed) size, a raw chunk file is read in one `read` call
+    /// with no `stat`: the cost per small file is what makes or breaks
+    /// exporting trees of many.
+    fn read_chunk_sized(
+        &self,
+        digest: &B3Digest,
+        expected: Option<u64>,
+    ) -> Result<Option<Bytes>, Error> {
         let path = self.object_path("chunks", digest);
-        let raw = match fs::read(&path) {
+        let read = match expected.and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => read_expecting(&path, n + 1),
+            None => fs::read(&path),
+        };
+        let raw = match read {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::Io(e)),
@@ -269,29 +308,32 @@ impl Inner {
             digest: *digest,
             detail: format!("chunk file {}: {detail}", path.display()),
         };
-        let data = match raw.split_first() {
-            Some((&TAG_RAW, rest)) => rest.to_vec(),
-            Some((&TAG_ZSTD, rest)) => {
-                zstd::stream::decode_all(rest).map_err(|e| corrupt(format!("zstd: {e}")))?
-            }
-            Some((tag, _)) => return Err(corrupt(format!("unknown format tag {tag}"))),
+        let data = match raw.first() {
+            // Raw contents are the file after its tag: no copy.
+            Some(&TAG_RAW) => Bytes::from(raw).slice(1..),
+            Some(&TAG_ZSTD) => Bytes::from(
+                zstd::stream::decode_all(&raw[1..]).map_err(|e| corrupt(format!("zstd: {e}")))?,
+            ),
+            Some(tag) => return Err(corrupt(format!("unknown format tag {tag}"))),
             None => return Err(corrupt("empty file".into())),
         };
         let actual = B3Digest::of(&data);
         if actual != *digest {
             return Err(corrupt(format!("contents hash to {actual}")));
         }
-        Ok(Some(Bytes::from(data)))
+        Ok(Some(data))
     }
 
     /// A chunked blob's whole contents, each chunk and the whole verified.
     fn read_chunked(&self, digest: &B3Digest, list: &[ChunkMeta]) -> Result<Bytes, Error> {
         let mut out = Vec::with_capacity(list.iter().map(|c| c.size as usize).sum());
         for c in list {
-            let data = self.read_chunk(&c.digest)?.ok_or(Error::NotFound {
-                what: "chunk",
-                digest: c.digest,
-            })?;
+            let data = self
+                .read_chunk_sized(&c.digest, Some(c.size))?
+                .ok_or(Error::NotFound {
+                    what: "chunk",
+                    digest: c.digest,
+                })?;
             out.extend_from_slice(&data);
         }
         let actual = B3Digest::of(&out);
@@ -527,13 +569,13 @@ impl BlobService for ObjectsBlobService {
         .await
     }
 
-    async fn read_many(&self, digests: &[B3Digest]) -> Result<Vec<Option<Bytes>>, Error> {
+    async fn read_many(&self, wanted: &[(B3Digest, u64)]) -> Result<Vec<Option<Bytes>>, Error> {
         let inner = self.inner.clone();
-        let digests = digests.to_vec();
+        let wanted = wanted.to_vec();
         blocking(move || {
-            digests
+            wanted
                 .iter()
-                .map(|d| match inner.read_chunk(d)? {
+                .map(|(d, size)| match inner.read_chunk_sized(d, Some(*size))? {
                     Some(whole) => Ok(Some(whole)),
                     None => match inner.read_list(d)? {
                         Some(list) => inner.read_chunked(d, &list).map(Some),
@@ -783,7 +825,7 @@ impl ChunkedReader {
     fn load(&self, idx: usize) -> ChunkLoad {
         let inner = self.inner.clone();
         let meta = self.chunks[idx];
-        tokio::task::spawn_blocking(move || inner.read_chunk(&meta.digest))
+        tokio::task::spawn_blocking(move || inner.read_chunk_sized(&meta.digest, Some(meta.size)))
     }
 
     fn chunk_index(&self, pos: u64) -> usize {

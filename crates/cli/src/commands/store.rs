@@ -314,12 +314,20 @@ pub fn export(a: ExportArgs) -> Result<()> {
             }
             None => {
                 let (_, layout) = store.nar_layout(&path).await?;
-                let stdout = tokio::io::stdout();
-                let mut out = layout
-                    .write_range(store.blobs.as_ref(), stdout, 0..layout.size())
-                    .await
-                    .with_context(|| format!("cannot export {path}"))?;
-                out.flush().await?;
+                // A plain file handle on fd 1, written by a thread of its
+                // own: tokio's stdout would hop to the blocking pool and
+                // copy for every write.
+                let stdout = std::io::stdout();
+                let fd = std::os::fd::AsFd::as_fd(&stdout)
+                    .try_clone_to_owned()
+                    .context("cannot use stdout")?;
+                let mut sink = cairn_store::ThreadWriterSink::new(std::fs::File::from(fd))?;
+                let rendered = layout
+                    .render_range(store.blobs.as_ref(), 0..layout.size(), &mut sink)
+                    .await;
+                let written = sink.finish().await;
+                rendered.with_context(|| format!("cannot export {path}"))?;
+                written.with_context(|| format!("cannot export {path}"))?;
                 Ok(())
             }
         }
