@@ -564,3 +564,56 @@ fn export_to_a_reader_that_stops_early_exits_quietly() {
     );
     assert_eq!(&first[8..21], b"nix-archive-1");
 }
+
+#[test]
+fn killed_store_imports_leave_no_path_and_a_sound_store() {
+    let env = Env::new();
+    let tree = real_trees()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| PathBuf::from("/usr/share/doc"));
+    let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(&tree));
+    let path = String::from_utf8(run_ok(env.cairn().arg("store-path").arg(&tree)))
+        .unwrap()
+        .trim()
+        .to_owned();
+    for delay_ms in [20u64, 60, 120, 200, 300, 450] {
+        let mut child = env
+            .cairn()
+            .arg("import")
+            .arg(&tree)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Either the import finished before the kill, and the path is whole,
+        // or it did not, and there is no path at all.
+        let info = env.cairn().args(["path-info", &path]).output().unwrap();
+        if info.status.success() {
+            assert!(
+                run_ok(env.cairn().args(["export", &path])) == nar,
+                "after {delay_ms} ms"
+            );
+        } else {
+            let err = String::from_utf8_lossy(&info.stderr);
+            assert!(
+                err.contains("not in the store"),
+                "after {delay_ms} ms: {err}"
+            );
+        }
+        let verify = env.cairn().args(["castore", "verify"]).output().unwrap();
+        assert!(
+            verify.status.success(),
+            "after a kill at {delay_ms} ms the store does not verify: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    // The store still works, and what the killed runs left is garbage.
+    assert_eq!(env.import(&tree), path);
+    assert!(run_ok(env.cairn().args(["export", &path])) == nar);
+    run_ok(env.cairn().args(["gc", "--yes", "--grace-minutes", "0"]));
+    assert!(run_ok(env.cairn().args(["export", &path])) == nar);
+}
