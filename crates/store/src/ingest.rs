@@ -262,11 +262,24 @@ async fn read_piece<R: tokio::io::AsyncBufRead + Unpin>(
     nar: &mut AsyncNarReader<R>,
     len: usize,
 ) -> Result<Bytes, IngestError> {
-    let mut buf = BytesMut::zeroed(len);
-    nar.contents()
-        .read_exact(&mut buf)
-        .await
-        .map_err(NarError::from)?;
+    // Filled by reads into spare capacity: no zeroing first.
+    let mut buf = BytesMut::with_capacity(len);
+    let mut contents = nar.contents();
+    while buf.len() < len {
+        let n = (&mut contents)
+            .take((len - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(NarError::from)?;
+        if n == 0 {
+            // The reader reports a truncated NAR itself; this is a backstop.
+            return Err(NarError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "NAR ended inside a file",
+            ))
+            .into());
+        }
+    }
     Ok(buf.freeze())
 }
 

@@ -557,6 +557,13 @@ impl BlobService for ObjectsBlobService {
             blobs
                 .into_iter()
                 .map(|data| {
+                    // Small enough to be stored whole: hash and write it
+                    // as it is, without copying it into an assembly.
+                    if data.len() <= WHOLE_BLOB_MAX {
+                        let digest = B3Digest::of(&data);
+                        inner.write_chunk_as(&data, digest)?;
+                        return Ok(digest);
+                    }
                     let mut assembly = Assembly::new();
                     assembly.buf = Vec::from(data);
                     if assembly.should_cut() {
