@@ -284,7 +284,7 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
                 store
                     .import_nar(nar, NarDescription::from(&narinfo), &NoProgress)
                     .await
-                    .with_context(|| format!("cannot add {}", narinfo.store_path))?
+                    .with_context(|| format!("cannot import {}", narinfo_path.display()))?
             }
         };
         bar.finish();
