@@ -146,15 +146,6 @@ impl NarLayout {
         &self.files
     }
 
-    /// The distinct blobs the NAR needs.
-    pub fn blobs(&self) -> impl Iterator<Item = &B3Digest> {
-        let mut seen = std::collections::HashSet::new();
-        self.parts.iter().filter_map(move |p| match p {
-            Part::Blob { digest, .. } if seen.insert(*digest) => Some(digest),
-            _ => None,
-        })
-    }
-
     /// Writes bytes `range` of the NAR to `out` and returns it.
     pub async fn write_range<W: AsyncWrite + Unpin + Send>(
         &self,

@@ -145,8 +145,10 @@ pub struct Store {
     pub path_infos: Arc<dyn PathInfoService>,
 }
 
-fn nix32_sha256(sha: &[u8; 32]) -> NixHash {
-    NixHash::sha256(*sha)
+/// Refuses a name Nix would refuse, before any work is done.
+fn check_name(name: &str) -> Result<(), StoreError> {
+    cairn_nix::store_path::validate_name(name)
+        .map_err(|e| StoreError::Invalid(format!("cannot use {name:?} as a store path name: {e}")))
 }
 
 impl Store {
@@ -160,9 +162,7 @@ impl Store {
         name: &str,
         progress: &dyn Progress,
     ) -> Result<PathInfo, StoreError> {
-        cairn_nix::store_path::validate_name(name).map_err(|e| {
-            StoreError::Invalid(format!("cannot use {name:?} as a store path name: {e}"))
-        })?;
+        check_name(name)?;
         let (reader, dumping) = dump_as_stream(path.to_owned());
         let ingested = ingest_nar(reader, self.blobs.clone(), self.dirs.as_ref(), progress).await;
         // Each side's failure shows up to the other as a broken stream:
@@ -173,30 +173,7 @@ impl Store {
         if let Err(DumpFailure::Source(msg)) = dumped {
             return Err(StoreError::Dump(msg));
         }
-        let ingested = ingested?;
-        let store_path = compute_source_path(
-            &ingested.nar_sha256,
-            &References {
-                others: &[],
-                self_ref: false,
-            },
-            name,
-        )
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let info = PathInfo {
-            store_path,
-            node: ingested.node,
-            references: Vec::new(),
-            nar_size: ingested.nar_size,
-            nar_sha256: ingested.nar_sha256,
-            signatures: Vec::new(),
-            deriver: None,
-            ca: Some(ContentAddress::Fixed(
-                FileIngestionMethod::Recursive,
-                nix32_sha256(&ingested.nar_sha256),
-            )),
-        };
-        Ok(self.path_infos.put(info).await?)
+        self.add_as_source(ingested?, name).await
     }
 
     /// Adds a NAR as the source path `name` (what `nix-store --add` of
@@ -207,22 +184,27 @@ impl Store {
         name: &str,
         progress: &dyn Progress,
     ) -> Result<PathInfo, StoreError> {
-        cairn_nix::store_path::validate_name(name).map_err(|e| {
-            StoreError::Invalid(format!("cannot use {name:?} as a store path name: {e}"))
-        })?;
+        check_name(name)?;
         let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
-        let store_path = compute_source_path(
-            &ingested.nar_sha256,
-            &References {
-                others: &[],
-                self_ref: false,
-            },
-            name,
-        )
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.add_as_source(ingested, name).await
+    }
+
+    /// Records an ingested tree as the `source` path `nix-store --add`
+    /// gives it: named by its NAR hash, no references, CA `fixed:r:sha256`.
+    async fn add_as_source(
+        &self,
+        ingested: IngestedNar,
+        name: &str,
+    ) -> Result<PathInfo, StoreError> {
+        let no_refs = References {
+            others: &[],
+            self_ref: false,
+        };
+        let store_path = compute_source_path(&ingested.nar_sha256, &no_refs, name)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let ca = ContentAddress::Fixed(
             FileIngestionMethod::Recursive,
-            nix32_sha256(&ingested.nar_sha256),
+            NixHash::sha256(ingested.nar_sha256),
         );
         let desc = NarDescription {
             store_path,
@@ -295,7 +277,7 @@ impl Store {
     ) -> Result<PathInfo, StoreError> {
         let path = desc.store_path.to_absolute_path();
         if let Some(expected) = &desc.nar_hash {
-            let actual = nix32_sha256(&ingested.nar_sha256);
+            let actual = NixHash::sha256(ingested.nar_sha256);
             if *expected != actual {
                 return Err(StoreError::NarMismatch {
                     path,
@@ -395,7 +377,7 @@ impl Store {
         let mut info = self.path_info(path).await?;
         let fingerprint = cairn_nix::narinfo::fingerprint(
             &info.store_path,
-            &nix32_sha256(&info.nar_sha256),
+            &NixHash::sha256(info.nar_sha256),
             info.nar_size,
             &info.references,
         );

@@ -439,13 +439,20 @@ impl Inner {
         dry_run: bool,
     ) -> Result<GcReport, Error> {
         let now = SystemTime::now();
-        let young = |path: &Path| -> Result<bool, Error> {
-            let modified = fs::symlink_metadata(path)?.modified()?;
-            Ok(now.duration_since(modified).map_or(true, |age| age < grace))
-        };
         let mut report = GcReport::default();
-        let sweep = |path: &Path, report: &mut GcReport| -> Result<(), Error> {
-            let len = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+        // An object no live blob needs: kept while young, else deleted.
+        // One stat gives both its age and its size.
+        let unreachable = |path: &Path, report: &mut GcReport| -> Result<(), Error> {
+            let meta = match fs::symlink_metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let age = now.duration_since(meta.modified()?).unwrap_or_default();
+            if age < grace {
+                report.young += 1;
+                return Ok(());
+            }
             if !dry_run {
                 match fs::remove_file(path) {
                     Ok(()) => {}
@@ -454,7 +461,7 @@ impl Inner {
                 }
             }
             report.deleted += 1;
-            report.deleted_bytes += len;
+            report.deleted_bytes += meta.len();
             Ok(())
         };
         let mut live_chunks: HashSet<B3Digest> = HashSet::new();
@@ -468,27 +475,20 @@ impl Inner {
                     Error::Storage(format!("{}: vanished during collection", path.display()))
                 })?;
                 live_chunks.extend(list.iter().map(|c| c.digest));
-            } else if young(path)? {
-                report.young += 1;
             } else {
-                sweep(path, &mut report)?;
+                unreachable(path, &mut report)?;
             }
         }
         for (_, path, digest) in objects.iter().filter(|o| o.0 == "chunks") {
             if live.contains(digest) || live_chunks.contains(digest) {
                 report.live += 1;
-            } else if young(path)? {
-                report.young += 1;
             } else {
-                sweep(path, &mut report)?;
+                unreachable(path, &mut report)?;
             }
         }
-        // Temp files of writers that died.
+        // Temp files of writers that died (those still writing are young).
         for entry in fs::read_dir(self.root.join("tmp"))? {
-            let path = entry?.path();
-            if !young(&path)? {
-                sweep(&path, &mut report)?;
-            }
+            unreachable(&entry?.path(), &mut report)?;
         }
         Ok(report)
     }

@@ -208,7 +208,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     }
 }
 
-async fn open_input(
+fn open_input(
     path: &Path,
     bar: Arc<Bar>,
 ) -> Result<BufReader<Counting<Box<dyn AsyncRead + Unpin + Send>>>> {
@@ -238,7 +238,7 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
             None => {
                 let name = a.name.as_deref().context("--name or --narinfo is required")?;
                 let file = a.nar.clone().unwrap_or_else(|| PathBuf::from("-"));
-                let input = open_input(&file, bar.clone()).await?;
+                let input = open_input(&file, bar.clone())?;
                 let (_, nar) = compression::sniffing_decoder(input)
                     .await
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -271,7 +271,7 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
                         (base.join(url), Some(c))
                     }
                 };
-                let input = open_input(&file, bar.clone()).await?;
+                let input = open_input(&file, bar.clone())?;
                 let nar = match compression {
                     Some(c) => compression::decoder(input, c),
                     None => {
@@ -461,6 +461,18 @@ fn ls_line(out: &mut impl Write, name: &str, node: &Node) -> std::io::Result<()>
     }
 }
 
+/// A directory a store path's tree refers to (missing: a damaged store).
+async fn directory(
+    store: &Store,
+    digest: &cairn_castore::B3Digest,
+) -> Result<cairn_castore::Directory> {
+    store
+        .dirs
+        .get(digest)
+        .await?
+        .with_context(|| format!("directory {digest} is missing from the store"))
+}
+
 async fn listing_json(store: &Store, node: &Node, recursive: bool, depth: usize) -> Result<Value> {
     Ok(match node {
         Node::File {
@@ -479,11 +491,7 @@ async fn listing_json(store: &Store, node: &Node, recursive: bool, depth: usize)
             if depth > 0 && !recursive {
                 return Ok(json!({"type": "directory"}));
             }
-            let dir = store
-                .dirs
-                .get(digest)
-                .await?
-                .with_context(|| format!("directory {digest} is missing"))?;
+            let dir = directory(store, digest).await?;
             let mut entries = Map::new();
             for (name, child) in dir.entries() {
                 let v = Box::pin(listing_json(store, child, recursive, depth + 1)).await?;
@@ -505,11 +513,7 @@ async fn list_long(
         ls_line(out, prefix, node)?;
         return Ok(());
     };
-    let dir = store
-        .dirs
-        .get(digest)
-        .await?
-        .with_context(|| format!("directory {digest} is missing"))?;
+    let dir = directory(store, digest).await?;
     for (name, child) in dir.entries() {
         let shown = if prefix.is_empty() {
             name.to_string()
@@ -534,15 +538,12 @@ pub fn ls(a: LsArgs) -> Result<()> {
             let v = listing_json(&store, &node, a.recursive, 0).await?;
             writeln!(out, "{v}")?;
         } else {
-            let shown = if matches!(node, Node::Directory { .. }) {
-                String::new()
-            } else {
-                sub.rsplit('/').next().unwrap_or_default().to_owned()
-            };
-            let shown = if shown.is_empty() && !matches!(node, Node::Directory { .. }) {
-                path.base_name()
-            } else {
-                shown
+            // A directory lists its entries; a file or symlink is shown
+            // under its own name (the store path's, at the root).
+            let shown = match (&node, sub.rsplit('/').next()) {
+                (Node::Directory { .. }, _) => String::new(),
+                (_, Some(name)) if !name.is_empty() => name.to_owned(),
+                _ => path.base_name(),
             };
             list_long(&store, &node, &shown, a.recursive, &mut out).await?;
         }
