@@ -95,6 +95,22 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The real trees the `import` and `store` groups share: the Python
+    /// standard library alone with `quick`, else also `/usr/share/doc` and
+    /// the Rust toolchain's lib directory; those missing here are left out.
+    pub fn real_trees(quick: bool) -> Result<Vec<Spec>> {
+        let specs = if quick {
+            vec![Spec::python_stdlib()?]
+        } else {
+            vec![
+                Spec::python_stdlib()?,
+                Spec::usr_share_doc(),
+                Spec::rust_lib(),
+            ]
+        };
+        Ok(specs.into_iter().flatten().collect())
+    }
+
     /// A copy of `/usr/share/doc`; `None` (with a warning) if it is missing.
     pub fn usr_share_doc() -> Option<Spec> {
         let doc = Path::new("/usr/share/doc");

@@ -177,18 +177,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     fresh_dir(&scratch)?;
     let trash = Trash::new(scratch.join("trash"))?;
 
-    let specs: Vec<Spec> = if common.quick {
-        vec![Spec::python_stdlib()?]
-    } else {
-        vec![
-            Spec::python_stdlib()?,
-            Spec::usr_share_doc(),
-            Spec::rust_lib(),
-        ]
-    }
-    .into_iter()
-    .flatten()
-    .collect();
+    let specs = Spec::real_trees(common.quick)?;
     if specs.is_empty() {
         bail!("none of the import group's trees exists on this machine");
     }
