@@ -5,7 +5,7 @@
 //! | address | blobs | directories |
 //! | --- | --- | --- |
 //! | `memory://` | in memory | in memory (`?size-rule=tvix-compat` optional) |
-//! | `objects:///ABS/PATH[?compression=zstd]` | chunk files on disk | — |
+//! | `objects:///ABS/PATH[?compression=zstd]` | pack files + redb index on disk | — |
 //! | `redb:///ABS/PATH.redb[?size-rule=tvix-compat]` | — | embedded redb database |
 
 use std::path::PathBuf;

@@ -37,7 +37,8 @@ impl Store {
         serde_json::from_slice(&out).unwrap()
     }
 
-    /// Bytes of chunk and blob objects, and of the directory database.
+    /// Bytes of blob data (pack files), and of the directory database and
+    /// blob index together.
     fn bytes_on_disk(&self) -> (u64, u64) {
         fn walk(p: &Path) -> u64 {
             let Ok(m) = fs::symlink_metadata(p) else {
@@ -52,9 +53,10 @@ impl Store {
                 m.len()
             }
         }
-        let objects =
-            walk(&self.data().join("objects/chunks")) + walk(&self.data().join("objects/blobs"));
-        (objects, walk(&self.data().join("castore.redb")))
+        let objects = walk(&self.data().join("objects/packs"));
+        let databases =
+            walk(&self.data().join("castore.redb")) + walk(&self.data().join("objects/index.redb"));
+        (objects, databases)
     }
 
     fn verify(&self) -> Output {
@@ -235,14 +237,14 @@ fn damaged_objects_are_detected_not_returned() {
     fs::create_dir_all(&work).unwrap();
     fs::write(work.join("a"), cairn_testkit::pseudo_random_bytes(1, 1000)).unwrap();
     let node = store.import(&work);
-    // Flip one byte of the one chunk file.
-    let chunks = store.data().join("objects/chunks");
-    let mut files: Vec<PathBuf> = fs::read_dir(&chunks)
+    // Flip the last byte of the one pack file: the last byte of the one
+    // chunk's contents.
+    let packs = store.data().join("objects/packs");
+    let mut files: Vec<PathBuf> = fs::read_dir(&packs)
         .unwrap()
-        .flat_map(|shard| fs::read_dir(shard.unwrap().path()).unwrap())
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 1, "one file of 1000 bytes is one chunk");
+    assert_eq!(files.len(), 1, "one import writes one pack");
     let file = files.pop().unwrap();
     let mut bytes = fs::read(&file).unwrap();
     let last = bytes.len() - 1;
