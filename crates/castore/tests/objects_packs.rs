@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_castore::blobservice::{read_to_vec, BlobService, Compression, ObjectsBlobService};
+use cairn_castore::blobservice::{
+    put_bytes, read_to_vec, BlobService, Compression, ObjectsBlobService,
+};
 use cairn_castore::B3Digest;
 use cairn_testkit::pseudo_random_bytes;
 
@@ -177,4 +179,32 @@ fn a_second_opener_waits_then_gives_up_clearly() {
     let second = ObjectsBlobService::open(&root, Compression::None);
     let err = second.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("locked by another cairn process"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_packs_store_compressible_blobs_smaller() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let blobs = ObjectsBlobService::open(&root, Compression::Zstd).unwrap();
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {} of a compressible file\n", i % 977).into_bytes())
+        .collect();
+    assert!(text.len() > 2 * 1024 * 1024, "chunked, not stored whole");
+    let small = text[..20_000].to_vec();
+    let d_text = put_bytes(&blobs, &text).await.unwrap();
+    let d_small = blobs
+        .put_many(vec![Bytes::from(small.clone())])
+        .await
+        .unwrap()[0];
+    blobs.sync().await.unwrap();
+    assert_eq!(read(&blobs, &d_text).await.unwrap(), text);
+    assert_eq!(read(&blobs, &d_small).await.unwrap(), small);
+    let stored = packs_bytes(&root);
+    assert!(
+        stored * 4 < (text.len() + small.len()) as u64,
+        "{stored} bytes stored for {} of text",
+        text.len() + small.len()
+    );
+    let report = blobs.verify_all().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

@@ -184,6 +184,32 @@ impl Pack {
     }
 }
 
+/// Writes all of `parts`, back to back, at `offset`: `pwritev` until done.
+fn write_all_at_vectored(file: &fs::File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut offset = offset;
+    while !parts.is_empty() {
+        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+        let n = match rustix::io::pwritev(file, &slices, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += n as u64;
+        let mut skip = n;
+        while let Some(first) = parts.first_mut() {
+            if skip < first.len() {
+                *first = &first[skip..];
+                break;
+            }
+            skip -= first.len();
+            parts.remove(0);
+        }
+    }
+    Ok(())
+}
+
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: queue dirty pages of a range
 /// for writing, without waiting. Neither std nor rustix offers it.
 #[allow(unsafe_code)]
@@ -332,10 +358,15 @@ impl Inner {
     }
 
     /// Appends `bytes` (whole records) to the current pack and returns the
-    /// pack and the offset they start at. The space is reserved under the
-    /// lock and written outside it, so writers append in parallel.
+    /// pack and the offset they start at.
     fn append(&self, bytes: &[u8]) -> Result<(u64, u64), Error> {
-        let n = bytes.len() as u64;
+        self.append_parts(&[bytes])
+    }
+
+    /// Appends the concatenation of `parts`. The space is reserved under
+    /// the lock and written outside it, so writers append in parallel.
+    fn append_parts(&self, parts: &[&[u8]]) -> Result<(u64, u64), Error> {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let (pack, offset) = {
             let mut s = lock(&self.state);
             let full = s
@@ -356,7 +387,7 @@ impl Inner {
             s.dirty.insert(pack.id, pack.clone());
             (pack, offset)
         };
-        pack.file.write_all_at(bytes, offset).map_err(|e| {
+        write_all_at_vectored(&pack.file, parts, offset).map_err(|e| {
             Error::Storage(format!(
                 "writing {}: {e}",
                 self.pack_path(pack.id).display()
@@ -539,13 +570,29 @@ impl Inner {
         if self.reuse(&digest)? {
             return Ok(meta);
         }
-        let mut rec = Vec::with_capacity(RECORD_HEADER + data.len());
-        self.encode(&digest, data, &mut rec)?;
-        let (pack, offset) = self.append(&rec)?;
+        let packed;
+        let (tag, body) = match self.compression {
+            Compression::Zstd => {
+                packed = zstd::bulk::compress(data, 3).map_err(Error::Io)?;
+                if packed.len() < data.len() {
+                    (TAG_ZSTD, &packed[..])
+                } else {
+                    (TAG_RAW, data)
+                }
+            }
+            Compression::None => (TAG_RAW, data),
+        };
+        // Header and body go down as two pieces of one `pwritev`: chunks
+        // are large, and copying each behind its header cost a memcpy of
+        // every byte imported.
+        let mut header = Vec::with_capacity(RECORD_HEADER);
+        Self::record(&digest, tag, &[], &mut header);
+        header[33..37].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let (pack, offset) = self.append_parts(&[&header, body])?;
         let loc = Location {
             pack,
             offset,
-            len: rec.len() as u32,
+            len: (RECORD_HEADER + body.len()) as u32,
             size: data.len() as u32,
             written: unix_now(),
         };
