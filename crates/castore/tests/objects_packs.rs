@@ -208,3 +208,49 @@ async fn zstd_packs_store_compressible_blobs_smaller() {
     let report = blobs.verify_all().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_list_under_the_wrong_blob_is_refused() {
+    use redb::{ReadableDatabase, TableDefinition};
+    // The index's own schema, spelled out here on purpose: this test
+    // damages the index the way a bad disk or a bad hand could.
+    const LISTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("lists");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let a = pseudo_random_bytes(21, 3 * 1024 * 1024);
+    let b = pseudo_random_bytes(22, 3 * 1024 * 1024);
+    let (d_a, d_b) = {
+        let blobs = ObjectsBlobService::open(&root, Compression::None).unwrap();
+        let d = blobs
+            .put_many(vec![Bytes::from(a.clone()), Bytes::from(b.clone())])
+            .await
+            .unwrap();
+        (d[0], d[1])
+    };
+    {
+        let db = redb::Database::open(root.join("index.redb")).unwrap();
+        let list_a = {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(LISTS).unwrap();
+            let row = table.get(d_a.as_bytes()).unwrap().unwrap();
+            let (t, list) = row.value();
+            (t, list.to_vec())
+        };
+        let txn = db.begin_write().unwrap();
+        txn.open_table(LISTS)
+            .unwrap()
+            .insert(d_b.as_bytes(), (list_a.0, list_a.1.as_slice()))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let blobs = ObjectsBlobService::open(&root, Compression::None).unwrap();
+    assert_eq!(read(&blobs, &d_a).await.unwrap(), a);
+    let err = read_to_vec(&blobs, &d_b).await.unwrap_err().to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let report = blobs.verify_all().await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("checksum")),
+        "{:?}",
+        report.problems
+    );
+}

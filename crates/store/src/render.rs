@@ -232,6 +232,7 @@ impl NarLayout {
                             sink.piece(data.slice(within.start as usize..within.end as usize))
                                 .await?;
                         }
+                        FetchedBlob::Chunked(blob) => render_chunks(blobs, blob, sink).await?,
                         FetchedBlob::Reader((reader, digest, size, within)) => {
                             let want = within.end - within.start;
                             let copied = copy_pieces(reader.take(want), sink).await?;
@@ -310,27 +311,50 @@ fn fetch_units(reads: Vec<Wanted>) -> Vec<FetchUnit> {
 enum FetchedBlob {
     Whole(Bytes, B3Digest, u64, Range<u64>),
     Reader(OpenBlob),
+    Chunked(ChunkedBlob),
+}
+
+/// A large blob the backend keeps in chunks: rendered by fetching the
+/// chunks themselves, several at a time and each verified by the backend,
+/// with no copy between backend and sink.
+struct ChunkedBlob {
+    digest: B3Digest,
+    size: u64,
+    within: Range<u64>,
+    chunks: Vec<cairn_castore::blobservice::ChunkMeta>,
 }
 
 enum Fetched {
     Small(std::vec::IntoIter<FetchedBlob>),
-    Large(Option<OpenBlob>),
+    Large(Option<FetchedBlob>),
 }
 
 impl Fetched {
     fn next(&mut self) -> Option<FetchedBlob> {
         match self {
             Fetched::Small(items) => items.next(),
-            Fetched::Large(one) => one.take().map(FetchedBlob::Reader),
+            Fetched::Large(one) => one.take(),
         }
     }
 }
 
 async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, RenderError> {
     match unit {
-        FetchUnit::Large((digest, size, within)) => Ok(Fetched::Large(Some(
-            open_at(blobs, digest, size, within).await?,
-        ))),
+        FetchUnit::Large((digest, size, within)) => {
+            let chunks = blobs.chunks(&digest).await?.unwrap_or_default();
+            let blob = if chunks.is_empty() {
+                // Stored whole (or a backend that does not chunk): a reader.
+                FetchedBlob::Reader(open_at(blobs, digest, size, within).await?)
+            } else {
+                FetchedBlob::Chunked(ChunkedBlob {
+                    digest,
+                    size,
+                    within,
+                    chunks,
+                })
+            };
+            Ok(Fetched::Large(Some(blob)))
+        }
         FetchUnit::Small(batch) => {
             let wanted: Vec<(B3Digest, u64)> = batch.iter().map(|w| (w.0, w.1)).collect();
             let found = blobs.read_many(&wanted).await?;
@@ -375,6 +399,99 @@ async fn open_at(
             .map_err(cairn_castore::Error::from_io)?;
     }
     Ok((reader, digest, size, within))
+}
+
+/// Chunks fetched per backend call, and calls in flight, when rendering
+/// a chunked blob: ~1 MiB per call at the default chunk size, 4 MiB ahead.
+const CHUNKS_PER_FETCH: usize = 4;
+const CHUNK_FETCHES_AHEAD: usize = 4;
+
+/// Hands the wanted slice of a chunked blob to `sink`, chunk by chunk. The
+/// backend verifies every chunk against its digest. When the whole blob is
+/// rendered from a chunk list the backend does not vouch for, the blob's
+/// own digest is checked too (a list could be wrong where every chunk is
+/// right), before the blob's last piece is handed on.
+async fn render_chunks(
+    blobs: &dyn BlobService,
+    blob: ChunkedBlob,
+    sink: &mut dyn NarSink,
+) -> Result<(), RenderError> {
+    let ChunkedBlob {
+        digest,
+        size,
+        within,
+        chunks,
+    } = blob;
+    let listed: u64 = chunks.iter().map(|c| c.size).sum();
+    if listed != size {
+        return Err(RenderError::ShortBlob {
+            digest,
+            expected: size,
+            got: listed,
+        });
+    }
+    let whole = within.start == 0 && within.end == size;
+    let mut hasher = (whole && !blobs.chunk_lists_verified()).then(blake3::Hasher::new);
+    // The chunks overlapping the slice, each with its offset in the blob.
+    let mut wanted = Vec::new();
+    let mut offset = 0u64;
+    for c in chunks {
+        let end = offset + c.size;
+        if end > within.start && offset < within.end {
+            wanted.push((offset, c));
+        }
+        offset = end;
+    }
+    let groups: Vec<Vec<(u64, cairn_castore::blobservice::ChunkMeta)>> =
+        wanted.chunks(CHUNKS_PER_FETCH).map(<[_]>::to_vec).collect();
+    let mut fetches = futures::stream::iter(groups)
+        .map(|group| async move {
+            let asked: Vec<(B3Digest, u64)> =
+                group.iter().map(|(_, c)| (c.digest, c.size)).collect();
+            let found = blobs.read_many(&asked).await?;
+            Ok::<_, RenderError>(group.into_iter().zip(found).collect::<Vec<_>>())
+        })
+        .buffered(CHUNK_FETCHES_AHEAD);
+    let mut held: Option<Bytes> = None;
+    while let Some(group) = fetches.next().await {
+        for ((start, meta), data) in group? {
+            let data = data.ok_or(cairn_castore::Error::NotFound {
+                what: "chunk",
+                digest: meta.digest,
+            })?;
+            if data.len() as u64 != meta.size {
+                return Err(RenderError::ShortBlob {
+                    digest,
+                    expected: size,
+                    got: start + data.len() as u64,
+                });
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&data);
+            }
+            let from = within.start.saturating_sub(start) as usize;
+            let to = (within.end - start).min(meta.size) as usize;
+            // One piece is held back, so that the last one goes out only
+            // after the whole blob has been checked.
+            if let Some(prev) = held.replace(data.slice(from..to)) {
+                sink.piece(prev).await?;
+            }
+        }
+    }
+    if let Some(h) = hasher {
+        let actual = B3Digest::from(h.finalize());
+        if actual != digest {
+            return Err(cairn_castore::Error::Integrity {
+                digest,
+                detail: format!("chunks concatenate to {actual}"),
+            }
+            .into());
+        }
+    }
+    if let Some(last) = held {
+        sink.piece(last).await?;
+    }
+    Ok(())
 }
 
 /// Reads a large blob in pieces of up to [`OUTPUT_BUFFER`] bytes into

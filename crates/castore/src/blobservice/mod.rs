@@ -90,6 +90,14 @@ pub trait BlobService: Send + Sync {
     async fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
         ingest::ingest_through_writer(self, path, expected).await
     }
+    /// Whether the lists `chunks` returns are known to concatenate to the
+    /// blob: the backend computed them itself and checks their integrity
+    /// when reading them back. A reader that verifies each chunk it gets
+    /// then need not re-hash the whole blob. `false` (the default) for
+    /// lists that come from elsewhere, such as a remote peer.
+    fn chunk_lists_verified(&self) -> bool {
+        false
+    }
     /// Makes everything written so far durable (before metadata that refers
     /// to it is committed). A no-op for backends that are durable per write.
     async fn sync(&self) -> Result<(), Error> {
