@@ -10,6 +10,12 @@
 //! 3. **b3sum**: every regular file of TREE hashed by `b3sum`, in as many
 //!    parallel processes as there are CPUs (see [`b3sum_script`]);
 //! 4. **cp**: `cp -r TREE DEST`, DEST fresh.
+//! 5. **cp+sync**: `cp -r TREE DEST && sync -f DEST`: the copy made
+//!    durable. Not a floor the target uses, a reference: a cold import
+//!    returns only once its blobs are on disk (it must, before directories
+//!    that refer to them are committed), which `cp -r` never waits for, so
+//!    when the disk writes slowly the import is held to the disk's speed
+//!    and `cp -r` is not.
 //!
 //! Every run writes to a fresh path; `sync` runs (untimed) after every run
 //! that writes, so no run pays for its predecessor's writeback, and what
@@ -91,6 +97,8 @@ struct Measured {
 struct Multiples {
     cold_over_b3sum: f64,
     cold_over_cp: f64,
+    /// Against the durable copy (a reference, not the target's measure).
+    cold_over_cp_sync: f64,
     /// Against the slower of b3sum and cp: the target's measure.
     cold_over_slower_floor: f64,
     target_multiple: f64,
@@ -137,6 +145,7 @@ struct TreeJob {
     warm: Measured,
     b3sum: Measured,
     cp: Measured,
+    cp_sync: Measured,
     multiples: Multiples,
     space: Space,
 }
@@ -198,7 +207,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     println!();
     println!(
         "cairn-bench {GROUP}: median wall time of {runs} runs per tool, after {} warm-up round; \
-         each round runs cold, warm, b3sum, cp in turn",
+         each round runs cold, warm, b3sum, cp, cp+sync in turn",
         harness::WARMUP_PAIRS
     );
     println!(
@@ -208,6 +217,10 @@ pub fn run(args: ImportArgs) -> Result<()> {
     println!(
         "floors: b3sum = `{}` (hashing), cp = `cp -r TREE DEST` (copying)",
         b3sum_command("TREE", tools.cpus, None)
+    );
+    println!(
+        "reference: cp+sync = `cp -r TREE DEST && sync -f DEST`, the copy made durable, as a \
+         cold import is before it returns (not used by the target)"
     );
     println!(
         "multiples = cairn median / floor median (<= 1.00x: cairn at least as fast); \
@@ -337,6 +350,14 @@ fn tree_job(
             .arg(&tree.root)
             .arg(dest)
     };
+    let cp_sync_inv = |dest: &Path| {
+        Invocation::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"cp -r "$1" "$2" && sync -f "$2""#)
+            .arg("sh")
+            .arg(&tree.root)
+            .arg(dest)
+    };
     // Each line b3sum prints is 64 hex digits, 2 spaces, the path (the root,
     // a slash, at least one character) and a newline.
     let min_b3sum_output = files * (64 + 2 + tree.root.as_os_str().len() as u64 + 2 + 1);
@@ -381,12 +402,16 @@ fn tree_job(
         }
         Ok(sample)
     };
-    let mut cp_runs = 0u32;
-    let mut run_cp = || -> Result<Sample> {
-        cp_runs += 1;
-        let dest = copy_dest(cp_runs);
+    let cp_runs = Cell::new(0u32);
+    let copy = |durable: bool| -> Result<Sample> {
+        cp_runs.set(cp_runs.get() + 1);
+        let dest = copy_dest(cp_runs.get());
         remove_path(&dest)?;
-        let inv = cp_inv(&dest);
+        let inv = if durable {
+            cp_sync_inv(&dest)
+        } else {
+            cp_inv(&dest)
+        };
         let sample = harness::run_timed(&inv, &log)?;
         if fs::symlink_metadata(&dest).is_err() {
             bail!(
@@ -399,6 +424,8 @@ fn tree_job(
         sync()?;
         Ok(sample)
     };
+    let mut run_cp = || copy(false);
+    let mut run_cp_sync = || copy(true);
 
     let label = format!("{GROUP} {}", tree.name);
     let started = Instant::now();
@@ -411,10 +438,12 @@ fn tree_job(
             ("warm import", &mut run_warm),
             ("b3sum", &mut run_b3sum),
             ("cp -r", &mut run_cp),
+            ("cp+sync", &mut run_cp_sync),
         ],
     )?
     .into_iter();
-    let (Some(cold), Some(warm), Some(b3sum), Some(cp)) = (
+    let (Some(cold), Some(warm), Some(b3sum), Some(cp), Some(cp_sync)) = (
+        results.next(),
         results.next(),
         results.next(),
         results.next(),
@@ -432,6 +461,7 @@ fn tree_job(
     let multiples = Multiples {
         cold_over_b3sum: c / b,
         cold_over_cp: c / k,
+        cold_over_cp_sync: c / cp_sync.median_wall_s,
         cold_over_slower_floor: c / b.max(k),
         target_multiple: TARGET_MULTIPLE,
         target_met: c / b.max(k) <= TARGET_MULTIPLE,
@@ -439,11 +469,12 @@ fn tree_job(
         warm_over_b3sum: w / b,
     };
     eprintln!(
-        " — cold {}, warm {}, b3sum {}, cp {}; cold = {:.2}x the slower floor ({:.1} s)",
+        " — cold {}, warm {}, b3sum {}, cp {}, cp+sync {}; cold = {:.2}x the slower floor ({:.1} s)",
         report::secs(c),
         report::secs(w),
         report::secs(b),
         report::secs(k),
+        report::secs(cp_sync.median_wall_s),
         multiples.cold_over_slower_floor,
         started.elapsed().as_secs_f64()
     );
@@ -491,6 +522,7 @@ fn tree_job(
         warm: measured(data_placeholder, warm),
         b3sum,
         cp: measured(cp_inv(&scratch.join("DEST")).display(), cp),
+        cp_sync: measured(cp_sync_inv(&scratch.join("DEST")).display(), cp_sync),
         multiples,
         space,
     })
@@ -605,14 +637,16 @@ fn time_table(jobs: &[TreeJob]) -> String {
         "warm s",
         "b3sum s",
         "cp s",
+        "cp+sync s",
         "cold/b3sum",
         "cold/cp",
         "cold/slower",
         "target",
+        "cold/cp+sync",
         "warm/cold",
     ];
     let mut align = vec![Align::Left];
-    align.extend([Align::Right; 11]);
+    align.extend([Align::Right; 13]);
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
@@ -625,10 +659,12 @@ fn time_table(jobs: &[TreeJob]) -> String {
                 report::secs(j.warm.result.median_wall_s),
                 report::secs(j.b3sum.result.median_wall_s),
                 report::secs(j.cp.result.median_wall_s),
+                report::secs(j.cp_sync.result.median_wall_s),
                 times(m.cold_over_b3sum),
                 times(m.cold_over_cp),
                 times(m.cold_over_slower_floor),
                 if m.target_met { "met" } else { "MISSED" }.into(),
+                times(m.cold_over_cp_sync),
                 times(m.warm_over_cold),
             ]
         })
