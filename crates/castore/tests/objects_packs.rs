@@ -254,3 +254,26 @@ async fn a_chunk_list_under_the_wrong_blob_is_refused() {
         report.problems
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_of_more_blobs_than_one_write_call_takes() {
+    // Two pieces per blob (header, body): 1,500 blobs need three pwritev
+    // calls of at most 1,024 pieces each.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let blobs = ObjectsBlobService::open(&root, Compression::None).unwrap();
+    let data: Vec<Vec<u8>> = (0..1500u64)
+        .map(|i| pseudo_random_bytes(i, 10 + (i as usize % 50)))
+        .collect();
+    let digests = blobs
+        .put_many(data.iter().cloned().map(Bytes::from).collect())
+        .await
+        .unwrap();
+    blobs.sync().await.unwrap();
+    for (d, want) in digests.iter().zip(&data) {
+        assert_eq!(&read(&blobs, d).await.unwrap(), want);
+    }
+    let report = blobs.verify_all().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.checked, 1500);
+}

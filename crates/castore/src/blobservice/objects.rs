@@ -27,6 +27,7 @@
 //! The index is a redb file, so one process at a time opens an object
 //! directory (a second waits, see [`crate::embedded`]).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::future::Future;
@@ -202,12 +203,20 @@ impl Pack {
     }
 }
 
+/// At most this many pieces per `pwritev` (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
 /// Writes all of `parts`, back to back, at `offset`: `pwritev` until done.
 fn write_all_at_vectored(file: &fs::File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
     let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut offset = offset;
-    while !parts.is_empty() {
-        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> = parts[first..]
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|p| io::IoSlice::new(p))
+            .collect();
         let n = match rustix::io::pwritev(file, &slices, offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
@@ -215,14 +224,13 @@ fn write_all_at_vectored(file: &fs::File, parts: &[&[u8]], offset: u64) -> io::R
             Err(e) => return Err(e.into()),
         };
         offset += n as u64;
-        let mut skip = n;
-        while let Some(first) = parts.first_mut() {
-            if skip < first.len() {
-                *first = &first[skip..];
-                break;
-            }
-            skip -= first.len();
-            parts.remove(0);
+        let mut written = n;
+        while first < parts.len() && written >= parts[first].len() {
+            written -= parts[first].len();
+            first += 1;
+        }
+        if written > 0 {
+            parts[first] = &parts[first][written..];
         }
     }
     Ok(())
@@ -415,24 +423,24 @@ impl Inner {
         Ok((pack.id, offset))
     }
 
-    fn record(digest: &B3Digest, tag: u8, data: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(digest.as_bytes());
-        out.push(tag);
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
+    fn header(digest: &B3Digest, tag: u8, body_len: usize) -> [u8; RECORD_HEADER] {
+        let mut h = [0u8; RECORD_HEADER];
+        h[..32].copy_from_slice(digest.as_bytes());
+        h[32] = tag;
+        h[33..].copy_from_slice(&(body_len as u32).to_le_bytes());
+        h
     }
 
-    /// The record for a chunk, compressed if that is asked for and helps.
-    fn encode(&self, digest: &B3Digest, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    /// A chunk's stored form: its tag and body, compressed if that is
+    /// asked for and helps, else the bytes as they are (not copied).
+    fn body<'a>(&self, data: &'a [u8]) -> Result<(u8, Cow<'a, [u8]>), Error> {
         if self.compression == Compression::Zstd {
             let packed = zstd::bulk::compress(data, 3).map_err(Error::Io)?;
             if packed.len() < data.len() {
-                Self::record(digest, TAG_ZSTD, &packed, out);
-                return Ok(());
+                return Ok((TAG_ZSTD, Cow::Owned(packed)));
             }
         }
-        Self::record(digest, TAG_RAW, data, out);
-        Ok(())
+        Ok((TAG_RAW, Cow::Borrowed(data)))
     }
 
     fn locate(&self, digest: &B3Digest) -> Result<Option<Location>, Error> {
@@ -588,25 +596,12 @@ impl Inner {
         if self.reuse(&digest)? {
             return Ok(meta);
         }
-        let packed;
-        let (tag, body) = match self.compression {
-            Compression::Zstd => {
-                packed = zstd::bulk::compress(data, 3).map_err(Error::Io)?;
-                if packed.len() < data.len() {
-                    (TAG_ZSTD, &packed[..])
-                } else {
-                    (TAG_RAW, data)
-                }
-            }
-            Compression::None => (TAG_RAW, data),
-        };
         // Header and body go down as two pieces of one `pwritev`: chunks
         // are large, and copying each behind its header cost a memcpy of
         // every byte imported.
-        let mut header = Vec::with_capacity(RECORD_HEADER);
-        Self::record(&digest, tag, &[], &mut header);
-        header[33..37].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        let (pack, offset) = self.append_parts(&[&header, body])?;
+        let (tag, body) = self.body(data)?;
+        let header = Self::header(&digest, tag, body.len());
+        let (pack, offset) = self.append_parts(&[&header, &body])?;
         let loc = Location {
             pack,
             offset,
@@ -618,37 +613,49 @@ impl Inner {
         Ok(meta)
     }
 
-    /// Stores whole small blobs with one append for all of them.
+    /// Stores whole small blobs with one append for all of them: one
+    /// `pwritev` of headers and bodies, the bodies not copied.
     fn write_whole_many(&self, blobs: &[(B3Digest, &[u8])]) -> Result<(), Error> {
-        let mut buf = Vec::new();
-        let mut placed = Vec::new();
+        let mut records = Vec::new();
         let mut seen = HashSet::new();
         for (digest, data) in blobs {
             if !seen.insert(*digest) || self.reuse(digest)? {
                 continue;
             }
-            let start = buf.len();
-            self.encode(digest, data, &mut buf)?;
-            placed.push((*digest, start, buf.len() - start, data.len()));
+            let (tag, body) = self.body(data)?;
+            records.push((
+                *digest,
+                Self::header(digest, tag, body.len()),
+                body,
+                data.len(),
+            ));
         }
-        if placed.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
-        let (pack, base) = self.append(&buf)?;
+        let parts: Vec<&[u8]> = records
+            .iter()
+            .flat_map(|(_, header, body, _)| [&header[..], &body[..]])
+            .collect();
+        let (pack, base) = self.append_parts(&parts)?;
         let now = unix_now();
-        self.add_pending(
-            placed.into_iter().map(|(d, start, len, size)| {
+        let mut offset = base;
+        let entries: Vec<(B3Digest, Location)> = records
+            .iter()
+            .map(|(d, _, body, size)| {
+                let len = (RECORD_HEADER + body.len()) as u32;
                 let loc = Location {
                     pack,
-                    offset: base + start as u64,
-                    len: len as u32,
-                    size: size as u32,
+                    offset,
+                    len,
+                    size: *size as u32,
                     written: now,
                 };
-                (d, loc)
-            }),
-            None,
-        )
+                offset += u64::from(len);
+                (*d, loc)
+            })
+            .collect();
+        self.add_pending(entries, None)
     }
 
     fn pack_reader(&self, id: u64) -> Result<Arc<fs::File>, Error> {
