@@ -61,7 +61,8 @@ pub fn check_options(addr: &str, url: &Url, known: &[&str]) -> Result<(), Error>
     Ok(())
 }
 
-fn size_rule(addr: &str, url: &Url) -> Result<Option<SizeRule>, Error> {
+/// The `size-rule` option of an address, if given.
+pub fn size_rule(addr: &str, url: &Url) -> Result<Option<SizeRule>, Error> {
     option(url, "size-rule")
         .map(|v| {
             SizeRule::parse(&v).ok_or_else(|| {

@@ -62,6 +62,12 @@ enum Command {
     /// written or reused within the grace period are kept too, so an import
     /// running elsewhere is never harmed.
     Gc(commands::gc::GcArgs),
+    /// Serve the store over gRPC (tvix.castore.v1 / tvix.store.v1, and snix.*).
+    ///
+    /// Other cairn commands, and tvix/snix tools, then use it with
+    /// --store-addr grpc+http://HOST:PORT (or grpc+unix:///PATH). Stops on
+    /// SIGTERM or SIGINT after finishing the requests in flight.
+    Daemon(commands::daemon::DaemonArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => commands::store::cat(a),
         Command::Sign(a) => commands::store::sign(a),
         Command::Gc(a) => commands::gc::run(a),
+        Command::Daemon(a) => commands::daemon::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

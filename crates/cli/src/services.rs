@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
 use cairn_castore::{BlobService, DirectoryService};
-use cairn_store::addr::path_info_service_from_addr;
+use cairn_grpc::addr::{
+    blob_service_from_addr, directory_service_from_addr, path_info_service_from_addr,
+};
 use cairn_store::Store;
 use clap::Args;
 
@@ -19,18 +20,25 @@ pub struct ServiceArgs {
     #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Blob service address, e.g. memory:// or objects:///srv/cairn/objects?compression=zstd
-    /// [default: objects://DATA_DIR/objects]
+    /// All three services on one `cairn daemon`: grpc+http://HOST:PORT or
+    /// grpc+unix:///PATH (a flag for one service below takes precedence)
+    #[arg(long, env = "CAIRN_STORE_ADDR", value_name = "ADDR")]
+    pub store_addr: Option<String>,
+
+    /// Blob service address, e.g. memory://, objects:///srv/cairn/objects?compression=zstd
+    /// or grpc+http://127.0.0.1:8000 [default: objects://DATA_DIR/objects]
     #[arg(long, value_name = "ADDR")]
     pub blob_service_addr: Option<String>,
 
-    /// Directory service address, e.g. memory:// or redb:///srv/cairn/castore.redb
+    /// Directory service address, e.g. memory://, redb:///srv/cairn/castore.redb
+    /// or grpc+unix:///run/cairn.sock
     /// (append ?size-rule=tvix-compat when creating a store that exchanges
     /// directories with tvix/snix) [default: redb://DATA_DIR/castore.redb]
     #[arg(long, value_name = "ADDR")]
     pub directory_service_addr: Option<String>,
 
-    /// PathInfo service address, e.g. memory:// or redb:///srv/cairn/pathinfo.redb
+    /// PathInfo service address, e.g. memory://, redb:///srv/cairn/pathinfo.redb
+    /// or grpc+http://127.0.0.1:8000
     /// (ignored by `cairn castore` commands) [default: redb://DATA_DIR/pathinfo.redb]
     #[arg(long, value_name = "ADDR")]
     pub path_info_service_addr: Option<String>,
@@ -43,6 +51,11 @@ pub struct Services {
 }
 
 impl ServiceArgs {
+    /// A service's address: its own flag, else `--store-addr`.
+    fn given(&self, own: &Option<String>) -> Option<String> {
+        own.clone().or_else(|| self.store_addr.clone())
+    }
+
     fn data_dir(&self) -> Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return std::path::absolute(d)
@@ -69,7 +82,7 @@ impl ServiceArgs {
     pub fn open_store(&self) -> Result<Store> {
         let data = self.data_dir_if_needed(true)?;
         let castore = self.open_castore(data.as_deref())?;
-        let addr = match (&self.path_info_service_addr, &data) {
+        let addr = match (&self.given(&self.path_info_service_addr), &data) {
             (Some(a), _) => a.clone(),
             (None, Some(d)) => format!("redb://{}", d.join("pathinfo.redb").display()),
             (None, None) => anyhow::bail!("no path info service address and no data directory"),
@@ -85,9 +98,9 @@ impl ServiceArgs {
     }
 
     fn data_dir_if_needed(&self, with_path_infos: bool) -> Result<Option<PathBuf>> {
-        let needs_data_dir = self.blob_service_addr.is_none()
-            || self.directory_service_addr.is_none()
-            || (with_path_infos && self.path_info_service_addr.is_none());
+        let needs_data_dir = self.given(&self.blob_service_addr).is_none()
+            || self.given(&self.directory_service_addr).is_none()
+            || (with_path_infos && self.given(&self.path_info_service_addr).is_none());
         if needs_data_dir {
             Ok(Some(self.data_dir()?))
         } else {
@@ -102,10 +115,10 @@ impl ServiceArgs {
                     .clone()
                     .unwrap_or_else(|| data.map(default).unwrap_or_default())
             };
-        let blob_addr = addr(&self.blob_service_addr, &|d| {
+        let blob_addr = addr(&self.given(&self.blob_service_addr), &|d| {
             format!("objects://{}", d.join("objects").display())
         });
-        let dir_addr = addr(&self.directory_service_addr, &|d| {
+        let dir_addr = addr(&self.given(&self.directory_service_addr), &|d| {
             format!("redb://{}", d.join("castore.redb").display())
         });
         tracing::debug!(%blob_addr, %dir_addr, "opening services");

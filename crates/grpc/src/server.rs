@@ -1,0 +1,452 @@
+//! gRPC servers for the three services, over any backends.
+//!
+//! Each handler validates what it receives (digest lengths, directories,
+//! closures, PathInfos) and answers with the status codes of SPEC.md:
+//! `NOT_FOUND` for what is not there, `INVALID_ARGUMENT` for what is
+//! malformed. Errors of the backend itself become `INTERNAL` (or
+//! `DATA_LOSS` when stored bytes fail verification). A PathInfo is accepted
+//! only when everything its root node reaches is already stored.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_castore::{proto as cproto, B3Digest, BlobService, Directory, DirectoryService, Node};
+use cairn_store::nar_calc::NarCalculationService;
+use cairn_store::{proto as sproto, PathInfo, PathInfoService};
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncReadExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::generated::castore::blob_service_server::{self, BlobServiceServer};
+use crate::generated::castore::directory_service_server::{self, DirectoryServiceServer};
+use crate::generated::presence::presence_service_server::{self, PresenceServiceServer};
+use crate::generated::presence::Digests;
+use crate::generated::store::path_info_service_server::{self, PathInfoServiceServer};
+use crate::{BLOB_PIECE, MAX_MESSAGE};
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A castore error as the status SPEC.md gives it.
+pub fn status_of(e: cairn_castore::Error) -> Status {
+    use cairn_castore::Error as E;
+    match e {
+        E::NotFound { .. } => Status::not_found(e.to_string()),
+        E::InvalidDirectory(_) | E::InvalidClosure(_) | E::Address { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        E::Integrity { .. } => Status::data_loss(e.to_string()),
+        E::Storage(_) | E::Io(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn path_info_status(e: cairn_store::pathinfoservice::Error) -> Status {
+    use cairn_store::pathinfoservice::Error as E;
+    match e {
+        E::Invalid(e) => Status::invalid_argument(e.to_string()),
+        E::Castore(e) => status_of(e),
+        e @ E::Storage(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// A 32-byte digest from a request, or `INVALID_ARGUMENT`.
+fn digest_arg(bytes: &[u8], what: &str) -> Result<B3Digest, Status> {
+    B3Digest::try_from(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{what} digest must be 32 bytes, got {}",
+            bytes.len()
+        ))
+    })
+}
+
+/// The three services and the presence extension, with message limits set.
+pub struct Services {
+    /// `tvix.castore.v1.BlobService`.
+    pub blobs: BlobServiceServer<BlobHandler>,
+    /// `tvix.castore.v1.DirectoryService`.
+    pub directories: DirectoryServiceServer<DirectoryHandler>,
+    /// `tvix.store.v1.PathInfoService`.
+    pub path_infos: PathInfoServiceServer<PathInfoHandler>,
+    /// `cairn.v1.PresenceService`.
+    pub presence: PresenceServiceServer<PresenceHandler>,
+}
+
+impl Services {
+    /// Servers over these backends.
+    pub fn new(
+        blobs: Arc<dyn BlobService>,
+        dirs: Arc<dyn DirectoryService>,
+        path_infos: Arc<dyn PathInfoService>,
+        nar_calc: Arc<dyn NarCalculationService>,
+    ) -> Self {
+        Services {
+            blobs: BlobServiceServer::new(BlobHandler {
+                blobs: blobs.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+            directories: DirectoryServiceServer::new(DirectoryHandler {
+                dirs: dirs.clone(),
+                blobs: blobs.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+            path_infos: PathInfoServiceServer::new(PathInfoHandler {
+                path_infos,
+                blobs: blobs.clone(),
+                dirs: dirs.clone(),
+                nar_calc,
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+            presence: PresenceServiceServer::new(PresenceHandler { blobs, dirs })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        }
+    }
+}
+
+/// Serves a blob service.
+pub struct BlobHandler {
+    blobs: Arc<dyn BlobService>,
+}
+
+#[tonic::async_trait]
+impl blob_service_server::BlobService for BlobHandler {
+    async fn stat(
+        &self,
+        request: Request<cproto::StatBlobRequest>,
+    ) -> Result<Response<cproto::StatBlobResponse>, Status> {
+        let req = request.into_inner();
+        let digest = digest_arg(&req.digest, "blob")?;
+        let chunks = self
+            .blobs
+            .chunks(&digest)
+            .await
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let chunks = if req.send_chunks { chunks } else { Vec::new() };
+        Ok(Response::new(cproto::StatBlobResponse {
+            chunks: chunks
+                .into_iter()
+                .map(|c| cproto::stat_blob_response::ChunkMeta {
+                    digest: c.digest.into(),
+                    size: c.size,
+                })
+                .collect(),
+            // Cairn keeps no bao outboard; an empty one says so.
+            bao: Bytes::new(),
+        }))
+    }
+
+    type ReadStream = Streamed<cproto::BlobChunk>;
+
+    async fn read(
+        &self,
+        request: Request<cproto::ReadBlobRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let digest = digest_arg(&request.into_inner().digest, "blob")?;
+        let reader = self
+            .blobs
+            .open_read(&digest)
+            .await
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("blob {digest} not found")))?;
+        let pieces = futures::stream::try_unfold(reader, |mut reader| async move {
+            let mut buf = bytes::BytesMut::with_capacity(BLOB_PIECE);
+            while buf.len() < BLOB_PIECE {
+                let n = reader
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| status_of(cairn_castore::Error::from_io(e)))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let chunk = cproto::BlobChunk { data: buf.freeze() };
+            Ok(Some((chunk, reader)))
+        });
+        Ok(Response::new(Box::pin(pieces)))
+    }
+
+    async fn put(
+        &self,
+        request: Request<Streaming<cproto::BlobChunk>>,
+    ) -> Result<Response<cproto::PutBlobResponse>, Status> {
+        let mut pieces = request.into_inner();
+        let mut writer = self.blobs.open_write().await;
+        // A stream that ends in an error drops the writer unclosed: the
+        // partial blob never becomes visible.
+        while let Some(piece) = pieces.message().await? {
+            writer.write(&piece.data).await.map_err(status_of)?;
+        }
+        let digest = writer.close().await.map_err(status_of)?;
+        Ok(Response::new(cproto::PutBlobResponse {
+            digest: digest.into(),
+        }))
+    }
+}
+
+/// Serves a directory service.
+pub struct DirectoryHandler {
+    dirs: Arc<dyn DirectoryService>,
+    /// Synced before a closure commits: directories never become durable
+    /// before the blobs they reach (blob puts are acknowledged before
+    /// they are durable; see `BlobService::sync`).
+    blobs: Arc<dyn BlobService>,
+}
+
+#[tonic::async_trait]
+impl directory_service_server::DirectoryService for DirectoryHandler {
+    type GetStream = Streamed<cproto::Directory>;
+
+    async fn get(
+        &self,
+        request: Request<cproto::GetDirectoryRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let req = request.into_inner();
+        let Some(cproto::get_directory_request::ByWhat::Digest(raw)) = req.by_what else {
+            return Err(Status::invalid_argument("no directory digest given"));
+        };
+        let digest = digest_arg(&raw, "directory")?;
+        let root = self
+            .dirs
+            .get(&digest)
+            .await
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("directory {digest} not found")))?;
+        if !req.recursive {
+            let one = futures::stream::iter([Ok(root.to_proto())]);
+            return Ok(Response::new(Box::pin(one)));
+        }
+        // The closure streams from the backend breadth-first; it borrows
+        // the service, so the service is moved into the stream's state.
+        let dirs = self.dirs.clone();
+        let stream = async_stream_of(dirs, digest);
+        Ok(Response::new(stream))
+    }
+
+    async fn put(
+        &self,
+        request: Request<Streaming<cproto::Directory>>,
+    ) -> Result<Response<cproto::PutDirectoryResponse>, Status> {
+        let mut incoming = request.into_inner();
+        let mut putter = self.dirs.put_multiple_start();
+        let mut any = false;
+        while let Some(msg) = incoming.message().await? {
+            let dir =
+                Directory::try_from(msg).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            putter.put(dir).await.map_err(status_of)?;
+            any = true;
+        }
+        if !any {
+            return Err(Status::invalid_argument("no directories sent"));
+        }
+        self.blobs.sync().await.map_err(status_of)?;
+        let root = putter.close().await.map_err(status_of)?;
+        Ok(Response::new(cproto::PutDirectoryResponse {
+            root_digest: root.into(),
+        }))
+    }
+}
+
+/// The breadth-first closure below `root` as an owned stream of messages.
+fn async_stream_of(dirs: Arc<dyn DirectoryService>, root: B3Digest) -> Streamed<cproto::Directory> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<cproto::Directory, Status>>(16);
+    tokio::spawn(async move {
+        let mut closure = dirs.get_recursive(&root);
+        while let Some(item) = closure.next().await {
+            let msg = item.map(|d| d.to_proto()).map_err(status_of);
+            let failed = msg.is_err();
+            if tx.send(msg).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Serves a PathInfo service, checking puts against the castore services.
+pub struct PathInfoHandler {
+    path_infos: Arc<dyn PathInfoService>,
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    nar_calc: Arc<dyn NarCalculationService>,
+}
+
+impl PathInfoHandler {
+    /// Everything `node` reaches is stored, or `FAILED_PRECONDITION`
+    /// naming the first thing that is not.
+    async fn check_complete(&self, node: &Node) -> Result<(), Status> {
+        let missing = |what: &str, d: &B3Digest| {
+            Status::failed_precondition(format!(
+                "the PathInfo refers to {what} {d}, which is not stored; upload it first"
+            ))
+        };
+        match node {
+            Node::Symlink { .. } => Ok(()),
+            Node::File { digest, .. } => {
+                if self.blobs.has(digest).await.map_err(status_of)? {
+                    Ok(())
+                } else {
+                    Err(missing("blob", digest))
+                }
+            }
+            Node::Directory { digest, .. } => {
+                let mut closure = self.dirs.get_recursive(digest);
+                let mut files: HashSet<B3Digest> = HashSet::new();
+                while let Some(dir) = closure.next().await {
+                    let dir = dir.map_err(|e| match e {
+                        cairn_castore::Error::NotFound { what, digest } => missing(what, &digest),
+                        e => status_of(e),
+                    })?;
+                    for (_, node) in dir.entries() {
+                        if let Node::File { digest, .. } = node {
+                            files.insert(*digest);
+                        }
+                    }
+                }
+                for d in &files {
+                    if !self.blobs.has(d).await.map_err(status_of)? {
+                        return Err(missing("blob", d));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl path_info_service_server::PathInfoService for PathInfoHandler {
+    async fn get(
+        &self,
+        request: Request<sproto::GetPathInfoRequest>,
+    ) -> Result<Response<sproto::PathInfo>, Status> {
+        let Some(sproto::get_path_info_request::ByWhat::ByOutputHash(hash)) =
+            request.into_inner().by_what
+        else {
+            return Err(Status::invalid_argument("no store path digest given"));
+        };
+        let digest: [u8; 20] = hash[..].try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "store path digest must be 20 bytes, got {}",
+                hash.len()
+            ))
+        })?;
+        let info = self
+            .path_infos
+            .get(&digest)
+            .await
+            .map_err(path_info_status)?
+            .ok_or_else(|| Status::not_found("no such store path"))?;
+        Ok(Response::new(info.to_proto()))
+    }
+
+    async fn put(
+        &self,
+        request: Request<sproto::PathInfo>,
+    ) -> Result<Response<sproto::PathInfo>, Status> {
+        let info = PathInfo::try_from(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_complete(&info.node).await?;
+        // What the PathInfo reaches is durable before the PathInfo is.
+        self.blobs.sync().await.map_err(status_of)?;
+        let stored = self.path_infos.put(info).await.map_err(path_info_status)?;
+        Ok(Response::new(stored.to_proto()))
+    }
+
+    async fn calculate_nar(
+        &self,
+        request: Request<cproto::Node>,
+    ) -> Result<Response<sproto::CalculateNarResponse>, Status> {
+        let (_, node) = Node::from_proto(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (size, sha256) = self
+            .nar_calc
+            .calculate_nar(&node)
+            .await
+            .map_err(|e| match e {
+                cairn_store::render::RenderError::Castore(e) => status_of(e),
+                e => Status::internal(e.to_string()),
+            })?;
+        Ok(Response::new(sproto::CalculateNarResponse {
+            nar_size: size,
+            nar_sha256: Bytes::copy_from_slice(&sha256),
+        }))
+    }
+
+    type ListStream = Streamed<sproto::PathInfo>;
+
+    async fn list(
+        &self,
+        _request: Request<sproto::ListPathInfoRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<sproto::PathInfo, Status>>(16);
+        let path_infos = self.path_infos.clone();
+        tokio::spawn(async move {
+            let mut all = path_infos.list();
+            while let Some(item) = all.next().await {
+                let msg = item.map(|i| i.to_proto()).map_err(path_info_status);
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Serves Cairn's presence extension.
+pub struct PresenceHandler {
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+}
+
+/// Presence questions answered at once, at most: bounds one request's work.
+const MAX_PRESENCE_QUESTIONS: usize = 100_000;
+
+fn digest_list(req: Digests) -> Result<Vec<B3Digest>, Status> {
+    if req.digests.len() > MAX_PRESENCE_QUESTIONS {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_PRESENCE_QUESTIONS} digests per request, got {}",
+            req.digests.len()
+        )));
+    }
+    req.digests.iter().map(|d| digest_arg(d, "a")).collect()
+}
+
+#[tonic::async_trait]
+impl presence_service_server::PresenceService for PresenceHandler {
+    async fn missing_blobs(&self, request: Request<Digests>) -> Result<Response<Digests>, Status> {
+        let wanted = digest_list(request.into_inner())?;
+        let mut missing = Vec::new();
+        for d in wanted {
+            if !self.blobs.has(&d).await.map_err(status_of)? {
+                missing.push(Bytes::from(d));
+            }
+        }
+        Ok(Response::new(Digests { digests: missing }))
+    }
+
+    async fn missing_directories(
+        &self,
+        request: Request<Digests>,
+    ) -> Result<Response<Digests>, Status> {
+        let wanted = digest_list(request.into_inner())?;
+        let mut missing = Vec::new();
+        for d in wanted {
+            if self.dirs.get(&d).await.map_err(status_of)?.is_none() {
+                missing.push(Bytes::from(d));
+            }
+        }
+        Ok(Response::new(Digests { digests: missing }))
+    }
+}

@@ -1,0 +1,322 @@
+//! Where gRPC runs: TCP or a Unix socket, on both ends, and the renaming
+//! of package names that lets one handler answer `tvix.*` and `snix.*`
+//! alike (the payloads are identical, SPEC.md §1).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::server::Services;
+use crate::Dialect;
+
+/// Where a daemon listens or a client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `HOST:PORT`.
+    Tcp(String),
+    /// A Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Tcp(a) => write!(f, "{a}"),
+            Location::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// What can go wrong setting up a connection or a listener.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// Binding or connecting failed.
+    #[error("{location}: {source}")]
+    Io {
+        /// Where.
+        location: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// tonic refused the endpoint or failed to serve.
+    #[error("{location}: {source}")]
+    Tonic {
+        /// Where.
+        location: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// Reflection could not be set up from the built-in descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// Rewrites the package of incoming method paths from `from.` to `to.`
+/// (for `castore.v1` and `store.v1` only), so that handlers generated for
+/// one package name answer the other.
+#[derive(Clone)]
+pub struct RenamePackage<S> {
+    inner: S,
+    from: &'static str,
+    to: &'static str,
+}
+
+/// The [`tower::Layer`] of [`RenamePackage`].
+#[derive(Clone, Copy)]
+pub struct RenamePackageLayer {
+    from: &'static str,
+    to: &'static str,
+}
+
+impl RenamePackageLayer {
+    /// Serve `snix.*` paths with the `tvix.*` handlers.
+    pub fn snix_to_tvix() -> Self {
+        RenamePackageLayer {
+            from: "snix",
+            to: "tvix",
+        }
+    }
+    /// Send `tvix.*` requests as `snix.*`.
+    pub fn tvix_to_snix() -> Self {
+        RenamePackageLayer {
+            from: "tvix",
+            to: "snix",
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RenamePackageLayer {
+    type Service = RenamePackage<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RenamePackage {
+            inner,
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+/// The path with its package renamed, if it is one of ours.
+fn renamed(path: &str, from: &str, to: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?.strip_prefix(from)?;
+    let rest = rest.strip_prefix('.')?;
+    (rest.starts_with("castore.v1.") || rest.starts_with("store.v1."))
+        .then(|| format!("/{to}.{rest}"))
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RenamePackage<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(path) = renamed(req.uri().path(), self.from, self.to) {
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(pq) = path.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Serves `services` (plus health and reflection) at `location` until
+/// `shutdown` completes; then stops accepting, lets requests in flight
+/// finish, and returns. `ready` is told where it listens once it does (the
+/// port chosen for `HOST:0`). A Unix socket left by an earlier run is
+/// replaced.
+pub async fn serve(
+    services: Services,
+    location: &Location,
+    ready: impl FnOnce(&Location),
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<crate::generated::castore::blob_service_server::BlobServiceServer<
+            crate::server::BlobHandler,
+        >>()
+        .await;
+    reporter
+        .set_serving::<crate::generated::castore::directory_service_server::DirectoryServiceServer<
+            crate::server::DirectoryHandler,
+        >>()
+        .await;
+    reporter
+        .set_serving::<crate::generated::store::path_info_service_server::PathInfoServiceServer<
+            crate::server::PathInfoHandler,
+        >>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| TransportError::Reflection(e.to_string()))?;
+    let router = Server::builder()
+        .layer(RenamePackageLayer::snix_to_tvix())
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(services.blobs)
+        .add_service(services.directories)
+        .add_service(services.path_infos)
+        .add_service(services.presence);
+    let failed = |source| TransportError::Tonic {
+        location: location.to_string(),
+        source,
+    };
+    match location {
+        Location::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| TransportError::Io {
+                    location: location.to_string(),
+                    source,
+                })?;
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| addr.clone(), |a| a.to_string());
+            ready(&Location::Tcp(bound));
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(failed)
+        }
+        Location::Unix(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!("replacing stale socket {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(TransportError::Io {
+                        location: location.to_string(),
+                        source,
+                    })
+                }
+            }
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|source| TransportError::Io {
+                    location: location.to_string(),
+                    source,
+                })?;
+            ready(location);
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let result = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(failed);
+            let _ = std::fs::remove_file(path);
+            result
+        }
+    }
+}
+
+/// A client channel: requests renamed to the dialect's package on the way.
+pub type ClientChannel = RenamePackage<Channel>;
+
+/// A connection made on first use, so that clients can be built before
+/// an async runtime runs (tonic's channel needs one to start).
+pub struct Connection {
+    location: Location,
+    dialect: Dialect,
+    channel: std::sync::OnceLock<ClientChannel>,
+}
+
+impl Connection {
+    /// A connection to `location`, speaking `dialect`, not yet made.
+    pub fn new(location: Location, dialect: Dialect) -> Self {
+        Connection {
+            location,
+            dialect,
+            channel: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where it goes.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The channel, made now if it was not yet. Must be called within a
+    /// tokio runtime.
+    pub fn channel(&self) -> Result<ClientChannel, TransportError> {
+        if let Some(c) = self.channel.get() {
+            return Ok(c.clone());
+        }
+        let made = connect(&self.location, self.dialect)?;
+        Ok(self.channel.get_or_init(|| made).clone())
+    }
+}
+
+/// Connects lazily (on first request) to `location`.
+pub fn connect(location: &Location, dialect: Dialect) -> Result<ClientChannel, TransportError> {
+    let failed = |source| TransportError::Tonic {
+        location: location.to_string(),
+        source,
+    };
+    let channel = match location {
+        Location::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(failed)?
+            .connect_lazy(),
+        Location::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by the API and unused: the connector
+            // below decides where bytes go.
+            Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+                tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }),
+            )
+        }
+    };
+    let layer = match dialect {
+        Dialect::Tvix => RenamePackageLayer {
+            from: "tvix",
+            to: "tvix",
+        },
+        Dialect::Snix => RenamePackageLayer::tvix_to_snix(),
+    };
+    Ok(tower::Layer::layer(&layer, channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renamed;
+
+    #[test]
+    fn only_our_packages_are_renamed() {
+        assert_eq!(
+            renamed("/snix.castore.v1.BlobService/Read", "snix", "tvix").as_deref(),
+            Some("/tvix.castore.v1.BlobService/Read")
+        );
+        assert_eq!(
+            renamed("/tvix.store.v1.PathInfoService/Get", "tvix", "snix").as_deref(),
+            Some("/snix.store.v1.PathInfoService/Get")
+        );
+        assert_eq!(
+            renamed("/grpc.health.v1.Health/Check", "snix", "tvix"),
+            None
+        );
+        assert_eq!(renamed("/snixy.castore.v1.X/Y", "snix", "tvix"), None);
+        assert_eq!(
+            renamed("/cairn.v1.PresenceService/MissingBlobs", "tvix", "snix"),
+            None
+        );
+    }
+}
