@@ -1,0 +1,188 @@
+//! `cairn daemon` over real sockets: trees imported through one client
+//! process read back through another, byte for byte what `nix-store --dump`
+//! writes; SIGTERM stops the daemon without losing what it acknowledged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_testkit::{generated_trees, oracle, real_trees, run_ok};
+
+fn cairn() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    // No data directory of the user's: every test names its own.
+    c.env_remove("CAIRN_DATA_DIR")
+        .env_remove("CAIRN_STORE_ADDR");
+    c
+}
+
+/// A running daemon; killed (SIGKILL) if the test ends without stopping it.
+struct Daemon {
+    child: Child,
+    /// `grpc+http://127.0.0.1:PORT` or `grpc+unix:///PATH`.
+    addr: String,
+}
+
+impl Daemon {
+    /// Starts `cairn daemon --data-dir DATA --listen LISTEN` and waits for
+    /// its "listening on" line.
+    fn start(data: &Path, listen: &str) -> Daemon {
+        let mut child = cairn()
+            .args(["daemon", "--listen", listen, "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = lines
+            .next()
+            .expect("the daemon exited before listening")
+            .unwrap();
+        let bound = line
+            .strip_prefix("cairn daemon: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        // Keep draining stderr so the daemon never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = match bound.strip_prefix("unix:") {
+            Some(path) => format!("grpc+unix://{path}"),
+            None => format!("grpc+http://{bound}"),
+        };
+        Daemon { child, addr }
+    }
+
+    fn client(&self) -> Command {
+        let mut c = cairn();
+        c.env("CAIRN_STORE_ADDR", &self.addr);
+        c
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The NAR of `tree` as the oracle writes it (`cairn nar dump` when Nix is
+/// absent and not required).
+fn reference_nar(tree: &Path) -> Vec<u8> {
+    match oracle("nix-store") {
+        Some(nix) => run_ok(Command::new(nix).arg("--dump").arg(tree)),
+        None => run_ok(cairn().args(["nar", "dump"]).arg(tree)),
+    }
+}
+
+/// The generated trees, and a real one of modest size (the Python
+/// standard library's `email` package: a debug build over gRPC makes one
+/// round trip per blob, and the whole stdlib would take minutes).
+fn trees(scratch: &Path) -> Vec<PathBuf> {
+    let generated = scratch.join("generated");
+    std::fs::create_dir_all(&generated).unwrap();
+    let mut trees = generated_trees(&generated);
+    trees.extend(
+        real_trees()
+            .into_iter()
+            .map(|t| t.join("email"))
+            .filter(|t| t.is_dir()),
+    );
+    trees
+}
+
+#[test]
+fn trees_imported_through_a_daemon_read_back_identically() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let daemon = Daemon::start(&data, "127.0.0.1:0");
+    let mut imported = Vec::new();
+    for tree in trees(scratch.path()) {
+        let printed = run_ok(daemon.client().arg("import").arg(&tree));
+        let path = String::from_utf8(printed).unwrap().trim().to_owned();
+        let expected = run_ok(cairn().arg("store-path").arg(&tree));
+        assert_eq!(
+            path,
+            String::from_utf8(expected).unwrap().trim(),
+            "{}",
+            tree.display()
+        );
+        // Another client process reads it back.
+        let nar = run_ok(daemon.client().arg("export").arg(&path));
+        assert!(nar == reference_nar(&tree), "{} differs", tree.display());
+        imported.push(path);
+    }
+    let status = daemon.stop();
+    assert!(status.success(), "daemon exited with {status}");
+    // Everything acknowledged is in the data directory, readable without
+    // the daemon.
+    for path in &imported {
+        let out = run_ok(
+            cairn()
+                .args(["path-info", "--data-dir"])
+                .arg(&data)
+                .arg(path),
+        );
+        assert!(String::from_utf8(out).unwrap().contains(path.as_str()));
+    }
+}
+
+#[test]
+fn a_unix_socket_daemon_serves_every_command() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let socket = scratch.path().join("cairn.sock");
+    let daemon = Daemon::start(&data, &format!("unix:{}", socket.display()));
+    assert!(daemon.addr.starts_with("grpc+unix:///"), "{}", daemon.addr);
+    let tree = trees(scratch.path()).into_iter().next().unwrap();
+    let path = String::from_utf8(run_ok(daemon.client().arg("import").arg(&tree)))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let listing = String::from_utf8(run_ok(daemon.client().arg("ls").arg(&path))).unwrap();
+    assert!(!listing.is_empty());
+    let info =
+        String::from_utf8(run_ok(daemon.client().args(["path-info", "--json", &path]))).unwrap();
+    assert!(info.contains("narHash"), "{info}");
+    let dest = scratch.path().join("exported");
+    run_ok(daemon.client().args(["export", &path, "--to"]).arg(&dest));
+    assert!(reference_nar(&dest) == reference_nar(&tree));
+    assert!(daemon.stop().success());
+    assert!(!socket.exists(), "the socket outlived the daemon");
+}
+
+#[test]
+fn an_unreachable_daemon_is_a_clear_error() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .args(["path-info", "--store-addr"])
+        .arg(format!(
+            "grpc+unix://{}/nobody.sock",
+            scratch.path().display()
+        ))
+        .arg("/nix/store/00000000000000000000000000000000-x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nobody.sock"), "{err}");
+}
