@@ -150,53 +150,6 @@ impl GrpcBlobService {
         Ok(Some(data.freeze()))
     }
 
-    /// The whole blob, verified: chunk by chunk when the peer lists
-    /// chunks (each against its own digest), and as a whole.
-    async fn fetch(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
-        let Some(chunks) = self.stat(digest).await? else {
-            return Ok(None);
-        };
-        if chunks.is_empty() {
-            return self.read_verified(digest, u64::MAX).await;
-        }
-        let total: u64 = chunks.iter().map(|c| c.size).sum();
-        let mut data = BytesMut::with_capacity(usize::try_from(total).unwrap_or(0));
-        for c in &chunks {
-            let piece = self
-                .read_verified(&c.digest, c.size)
-                .await?
-                .ok_or_else(|| {
-                    lied(
-                        &self.peer,
-                        *digest,
-                        format!("listed chunk {} it does not have", c.digest),
-                    )
-                })?;
-            if piece.len() as u64 != c.size {
-                return Err(lied(
-                    &self.peer,
-                    *digest,
-                    format!(
-                        "chunk {} has {} bytes, listed as {}",
-                        c.digest,
-                        piece.len(),
-                        c.size
-                    ),
-                ));
-            }
-            data.extend_from_slice(&piece);
-        }
-        let actual = B3Digest::of(&data);
-        if actual != *digest {
-            return Err(lied(
-                &self.peer,
-                *digest,
-                format!("listed chunks that concatenate to {actual}"),
-            ));
-        }
-        Ok(Some(data.freeze()))
-    }
-
     /// Of `digests`, those the peer lacks (one round trip when it offers
     /// Cairn's presence extension, one `Stat` each otherwise).
     pub async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
@@ -238,10 +191,22 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        Ok(self
-            .fetch(digest)
-            .await?
-            .map(|data| Box::new(io::Cursor::new(data)) as Box<dyn BlobReader>))
+        let Some(chunks) = self.stat(digest).await? else {
+            return Ok(None);
+        };
+        if chunks.is_empty() {
+            // No finer chunks: the only way to verify before returning is
+            // to read it whole (Cairn daemons chunk every blob over 1 MiB).
+            return Ok(self
+                .read_verified(digest, u64::MAX)
+                .await?
+                .map(|data| Box::new(io::Cursor::new(data)) as Box<dyn BlobReader>));
+        }
+        Ok(Some(Box::new(RemoteChunkedReader::new(
+            self.clone(),
+            *digest,
+            chunks,
+        ))))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
@@ -263,15 +228,191 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn read_many(&self, wanted: &[(B3Digest, u64)]) -> Result<Vec<Option<Bytes>>, Error> {
-        let mut out = Vec::with_capacity(wanted.len());
-        for (d, _) in wanted {
-            out.push(self.fetch(d).await?);
-        }
-        Ok(out)
+        // Meant for small blobs (and chunks): each read whole with one
+        // `Read` and checked against its digest, several at once.
+        let digests: Vec<B3Digest> = wanted.iter().map(|(d, _)| *d).collect();
+        let this = self.clone();
+        futures::stream::iter(digests)
+            .map(move |d| {
+                let this = this.clone();
+                async move { this.read_verified(&d, u64::MAX).await }
+            })
+            .buffered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.stat(digest).await
+    }
+}
+
+type ChunkLoad = futures::future::BoxFuture<'static, Result<Bytes, Error>>;
+
+/// Reads a remote blob chunk by chunk (each verified before any of it is
+/// returned), one chunk ahead; a read from start to end also checks the
+/// whole blob's digest before reporting the end. Memory: two chunks.
+struct RemoteChunkedReader {
+    service: GrpcBlobService,
+    digest: B3Digest,
+    chunks: Vec<ChunkMeta>,
+    starts: Vec<u64>,
+    size: u64,
+    pos: u64,
+    current: Option<(usize, Bytes)>,
+    loading: Option<(usize, ChunkLoad)>,
+    ahead: Option<(usize, ChunkLoad)>,
+    whole: Option<blake3::Hasher>,
+    whole_upto: u64,
+}
+
+impl RemoteChunkedReader {
+    fn new(service: GrpcBlobService, digest: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut size = 0u64;
+        for c in &chunks {
+            starts.push(size);
+            size = size.saturating_add(c.size);
+        }
+        RemoteChunkedReader {
+            service,
+            digest,
+            chunks,
+            starts,
+            size,
+            pos: 0,
+            current: None,
+            loading: None,
+            ahead: None,
+            whole: Some(blake3::Hasher::new()),
+            whole_upto: 0,
+        }
+    }
+
+    fn load(&self, idx: usize) -> ChunkLoad {
+        let service = self.service.clone();
+        let meta = self.chunks[idx];
+        let blob = self.digest;
+        Box::pin(async move {
+            let data = service
+                .read_verified(&meta.digest, meta.size)
+                .await?
+                .ok_or_else(|| {
+                    lied(
+                        &service.peer,
+                        blob,
+                        format!("listed chunk {} it does not have", meta.digest),
+                    )
+                })?;
+            if data.len() as u64 != meta.size {
+                return Err(lied(
+                    &service.peer,
+                    blob,
+                    format!(
+                        "chunk {} has {} bytes, listed as {}",
+                        meta.digest,
+                        data.len(),
+                        meta.size
+                    ),
+                ));
+            }
+            Ok(data)
+        })
+    }
+
+    fn chunk_index(&self, pos: u64) -> usize {
+        self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
+    }
+}
+
+impl tokio::io::AsyncRead for RemoteChunkedReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.pos >= this.size || out.remaining() == 0 {
+                if this.pos >= this.size && this.whole_upto == this.size {
+                    if let Some(h) = this.whole.take() {
+                        let actual = B3Digest::from(h.finalize());
+                        if actual != this.digest {
+                            let e = lied(
+                                &this.service.peer,
+                                this.digest,
+                                format!("listed chunks that concatenate to {actual}"),
+                            );
+                            return Poll::Ready(Err(e.into_io()));
+                        }
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let idx = this.chunk_index(this.pos);
+            if let Some((i, data)) = &this.current {
+                if *i == idx {
+                    let off = (this.pos - this.starts[idx]) as usize;
+                    let n = (data.len() - off).min(out.remaining());
+                    let piece = &data[off..off + n];
+                    out.put_slice(piece);
+                    if this.whole_upto == this.pos {
+                        if let Some(h) = this.whole.as_mut() {
+                            h.update(piece);
+                            this.whole_upto += n as u64;
+                        }
+                    }
+                    this.pos += n as u64;
+                    if this.ahead.is_none() && idx + 1 < this.chunks.len() {
+                        this.ahead = Some((idx + 1, this.load(idx + 1)));
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if this.loading.as_ref().is_none_or(|(i, _)| *i != idx) {
+                this.loading = match this.ahead.take() {
+                    Some((i, f)) if i == idx => Some((i, f)),
+                    _ => Some((idx, this.load(idx))),
+                };
+            }
+            let Some((_, fut)) = this.loading.as_mut() else {
+                continue;
+            };
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => {
+                    this.loading = None;
+                    this.current = Some((idx, r.map_err(Error::into_io)?));
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncSeek for RemoteChunkedReader {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let target = match position {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::End(off) => self.size.checked_add_signed(off),
+            io::SeekFrom::Current(off) => self.pos.checked_add_signed(off),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            )
+        })?;
+        Ok(())
+    }
+
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<u64>> {
+        std::task::Poll::Ready(Ok(self.pos))
     }
 }
 

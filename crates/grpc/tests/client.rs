@@ -1,0 +1,84 @@
+//! The gRPC clients as backends, against a daemon on the on-disk default:
+//! a chunked blob streams (and seeks) chunk by chunk, directories and
+//! PathInfos round-trip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use cairn_castore::blobservice::{put_bytes, read_to_vec};
+use cairn_castore::B3Digest;
+use cairn_grpc::server::Services;
+use cairn_grpc::transport::{serve, Location};
+use cairn_store::nar_calc::CastoreNarCalculator;
+use cairn_testkit::pseudo_random_bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// A daemon on objects:// + redb:// in `root`; returns its grpc+http address.
+async fn daemon(root: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let r = root.display();
+    let blobs =
+        cairn_castore::addr::blob_service_from_addr(&format!("objects://{r}/objects")).unwrap();
+    let dirs =
+        cairn_castore::addr::directory_service_from_addr(&format!("redb://{r}/castore.redb"))
+            .unwrap();
+    let path_infos =
+        cairn_store::addr::path_info_service_from_addr(&format!("redb://{r}/pathinfo.redb"))
+            .unwrap();
+    let calc = Arc::new(CastoreNarCalculator::new(blobs.clone(), dirs.clone()));
+    let services = Services::new(blobs, dirs, path_infos, calc);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(
+            services,
+            &Location::Tcp("127.0.0.1:0".into()),
+            |at| {
+                let _ = ready_tx.send(at.to_string());
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+    });
+    (format!("grpc+http://{}", ready_rx.await.unwrap()), stop_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_blob_streams_and_seeks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _stop) = daemon(dir.path()).await;
+    let blobs = cairn_grpc::addr::blob_service_from_addr(&addr).unwrap();
+    let data = pseudo_random_bytes(5, 5 * 1024 * 1024 + 17);
+    let digest = put_bytes(blobs.as_ref(), &data).await.unwrap();
+    assert_eq!(digest, B3Digest::of(&data));
+    assert!(blobs.has(&digest).await.unwrap());
+    let chunks = blobs.chunks(&digest).await.unwrap().unwrap();
+    assert!(chunks.len() > 1, "the daemon chunks a 5 MiB blob");
+    assert!(read_to_vec(blobs.as_ref(), &digest).await.unwrap().unwrap() == data);
+
+    let mut r = blobs.open_read(&digest).await.unwrap().unwrap();
+    for at in [3 * 1024 * 1024 + 5, 17, data.len() as u64 - 100] {
+        r.seek(SeekFrom::Start(at)).await.unwrap();
+        let mut buf = vec![0u8; 100];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[..], &data[at as usize..at as usize + 100], "at {at}");
+    }
+    // Each chunk is a blob of its own.
+    let first = read_to_vec(blobs.as_ref(), &chunks[0].digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], &data[..chunks[0].size as usize]);
+    let absent = B3Digest::of(b"absent");
+    assert!(blobs.open_read(&absent).await.unwrap().is_none());
+    assert!(!blobs.has(&absent).await.unwrap());
+    let many = blobs
+        .read_many(&[(chunks[1].digest, chunks[1].size), (absent, 6)])
+        .await
+        .unwrap();
+    assert!(many[0].is_some() && many[1].is_none());
+}
