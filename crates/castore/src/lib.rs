@@ -19,6 +19,7 @@ mod error;
 pub mod export;
 pub mod gc;
 pub mod import;
+pub mod layered;
 pub mod proto;
 mod util;
 

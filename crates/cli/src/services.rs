@@ -25,6 +25,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "CAIRN_STORE_ADDR", value_name = "ADDR")]
     pub store_addr: Option<String>,
 
+    /// Keep a local cache of the remote store (--store-addr or the flags
+    /// below) in this directory: reads are served from it and filled from
+    /// the remote on a miss, so a second read works with the remote gone
+    #[arg(long, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Blob service address, e.g. memory://, objects:///srv/cairn/objects?compression=zstd
     /// or grpc+http://127.0.0.1:8000 [default: objects://DATA_DIR/objects]
     #[arg(long, value_name = "ADDR")]
@@ -56,6 +62,21 @@ impl ServiceArgs {
         own.clone().or_else(|| self.store_addr.clone())
     }
 
+    /// With `--cache-dir`, `remote` layered behind the cache (`local`
+    /// makes the embedded backend's address in the cache directory).
+    fn cached(&self, remote: String, local: impl Fn(&std::path::Path) -> String) -> Result<String> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(remote);
+        };
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("local", &local(&dir))
+            .append_pair("remote", &remote)
+            .finish();
+        Ok(format!("layered://?{query}"))
+    }
+
     fn data_dir(&self) -> Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return std::path::absolute(d)
@@ -83,7 +104,9 @@ impl ServiceArgs {
         let data = self.data_dir_if_needed(true)?;
         let castore = self.open_castore(data.as_deref())?;
         let addr = match (&self.given(&self.path_info_service_addr), &data) {
-            (Some(a), _) => a.clone(),
+            (Some(a), _) => self.cached(a.clone(), |d| {
+                format!("redb://{}", d.join("pathinfo.redb").display())
+            })?,
             (None, Some(d)) => format!("redb://{}", d.join("pathinfo.redb").display()),
             (None, None) => anyhow::bail!("no path info service address and no data directory"),
         };
@@ -115,12 +138,16 @@ impl ServiceArgs {
                     .clone()
                     .unwrap_or_else(|| data.map(default).unwrap_or_default())
             };
-        let blob_addr = addr(&self.given(&self.blob_service_addr), &|d| {
-            format!("objects://{}", d.join("objects").display())
-        });
-        let dir_addr = addr(&self.given(&self.directory_service_addr), &|d| {
-            format!("redb://{}", d.join("castore.redb").display())
-        });
+        let objects = |d: &std::path::Path| format!("objects://{}", d.join("objects").display());
+        let castore = |d: &std::path::Path| format!("redb://{}", d.join("castore.redb").display());
+        let blob_addr = match self.given(&self.blob_service_addr) {
+            Some(remote) => self.cached(remote, objects)?,
+            None => addr(&None, &objects),
+        };
+        let dir_addr = match self.given(&self.directory_service_addr) {
+            Some(remote) => self.cached(remote, castore)?,
+            None => addr(&None, &castore),
+        };
         tracing::debug!(%blob_addr, %dir_addr, "opening services");
         Ok(Services {
             blobs: blob_service_from_addr(&blob_addr)

@@ -186,3 +186,48 @@ fn an_unreachable_daemon_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nobody.sock"), "{err}");
 }
+
+#[test]
+fn a_cache_dir_serves_the_second_read_with_the_daemon_gone() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let cache = scratch.path().join("cache");
+    let daemon = Daemon::start(&data, "127.0.0.1:0");
+    let addr = daemon.addr.clone();
+    let tree = trees(scratch.path()).into_iter().last().unwrap();
+    let path = String::from_utf8(run_ok(daemon.client().arg("import").arg(&tree)))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let cached_export = || {
+        cairn()
+            .args(["export", "--store-addr", &addr, "--cache-dir"])
+            .arg(&cache)
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // First read: through the cache, from the daemon.
+    let first = cached_export();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(first.stdout == reference_nar(&tree));
+    assert!(daemon.stop().success());
+    // Second read: the daemon is gone, the cache answers.
+    let second = cached_export();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(second.stdout == first.stdout);
+    // Without the cache, the same command now fails, naming the daemon.
+    let direct = cairn()
+        .args(["export", "--store-addr", &addr, &path])
+        .output()
+        .unwrap();
+    assert_eq!(direct.status.code(), Some(1));
+}

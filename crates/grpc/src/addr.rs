@@ -6,14 +6,20 @@
 //! | `grpc+http://HOST:PORT` | a daemon over TCP |
 //! | `grpc+unix:///ABS/PATH` | a daemon on a Unix socket |
 //!
+//! | `layered://?local=ADDR&remote=ADDR` | `local` in front of `remote`: reads filled from the remote on a miss, writes to the remote |
+//!
 //! Options: `?dialect=snix` speaks the `snix.*` package names instead of
 //! `tvix.*`; directory addresses take `?size-rule=tvix-compat` (the rule
-//! the daemon's store uses, which the client checks closures with).
+//! the daemon's store uses, which the client checks closures with). The
+//! inner addresses of `layered://` are percent-encoded where they hold
+//! `&` or `=` of their own.
 
 use std::sync::Arc;
 
 use cairn_castore::addr::{bad, check_options, local_path, parse, size_rule};
+use cairn_castore::layered::{LayeredBlobService, LayeredDirectoryService};
 use cairn_castore::{BlobService, DirectoryService, Error};
+use cairn_store::pathinfoservice::LayeredPathInfoService;
 use cairn_store::PathInfoService;
 use url::Url;
 
@@ -63,8 +69,31 @@ fn connection(addr: &str, location: Location, url: &Url) -> Result<Arc<Connectio
     Ok(Arc::new(Connection::new(location, dialect(addr, url)?)))
 }
 
-/// A blob service for `addr`: a daemon, or any local backend.
+/// The `local` and `remote` addresses of a `layered://` address, or `None`
+/// for another scheme.
+pub fn layers(addr: &str) -> Result<Option<(String, String)>, Error> {
+    let url = parse(addr)?;
+    if url.scheme() != "layered" {
+        return Ok(None);
+    }
+    check_options(addr, &url, &["local", "remote"])?;
+    let get = |key: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| bad(addr, format!("layered:// needs {key}=ADDR")))
+    };
+    Ok(Some((get("local")?, get("remote")?)))
+}
+
+/// A blob service for `addr`: a daemon, layers, or any local backend.
 pub fn blob_service_from_addr(addr: &str) -> Result<Arc<dyn BlobService>, Error> {
+    if let Some((local, remote)) = layers(addr)? {
+        return Ok(Arc::new(LayeredBlobService::new(
+            blob_service_from_addr(&local)?,
+            blob_service_from_addr(&remote)?,
+        )));
+    }
     match grpc_location(addr)? {
         Some((location, url)) => {
             check_options(addr, &url, &["dialect"])?;
@@ -76,8 +105,14 @@ pub fn blob_service_from_addr(addr: &str) -> Result<Arc<dyn BlobService>, Error>
     }
 }
 
-/// A directory service for `addr`: a daemon, or any local backend.
+/// A directory service for `addr`: a daemon, layers, or any local backend.
 pub fn directory_service_from_addr(addr: &str) -> Result<Arc<dyn DirectoryService>, Error> {
+    if let Some((local, remote)) = layers(addr)? {
+        return Ok(Arc::new(LayeredDirectoryService::new(
+            directory_service_from_addr(&local)?,
+            directory_service_from_addr(&remote)?,
+        )?));
+    }
     match grpc_location(addr)? {
         Some((location, url)) => {
             check_options(addr, &url, &["dialect", "size-rule"])?;
@@ -91,10 +126,16 @@ pub fn directory_service_from_addr(addr: &str) -> Result<Arc<dyn DirectoryServic
     }
 }
 
-/// A PathInfo service for `addr`: a daemon, or any local backend.
+/// A PathInfo service for `addr`: a daemon, layers, or any local backend.
 pub fn path_info_service_from_addr(
     addr: &str,
 ) -> Result<Arc<dyn PathInfoService>, cairn_store::pathinfoservice::Error> {
+    if let Some((local, remote)) = layers(addr)? {
+        return Ok(Arc::new(LayeredPathInfoService::new(
+            path_info_service_from_addr(&local)?,
+            path_info_service_from_addr(&remote)?,
+        )));
+    }
     match grpc_location(addr)? {
         Some((location, url)) => {
             check_options(addr, &url, &["dialect"])?;

@@ -266,3 +266,41 @@ async fn a_closure_missing_a_child_or_out_of_order_is_refused() {
     let err = got[1].as_ref().unwrap_err().to_string();
     assert!(err.contains("nothing sent before refers to"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_remote_leaves_nothing_in_the_local_cache() {
+    use cairn_castore::layered::{LayeredBlobService, LayeredDirectoryService};
+    use cairn_castore::{BlobService, DirectoryService};
+    use std::sync::Arc;
+
+    // Blobs: wrong bytes, and chunks that do not add up.
+    for (chunks, data) in [
+        (vec![], &b"wrong"[..]),
+        (vec![(B3Digest::of(b"chunk"), 5)], &b"chunk"[..]),
+    ] {
+        let addr = lying_blobs(chunks, data).await;
+        let local: Arc<dyn BlobService> =
+            Arc::new(cairn_castore::blobservice::MemoryBlobService::default());
+        let remote =
+            cairn_grpc::addr::blob_service_from_addr(&format!("grpc+http://{addr}")).unwrap();
+        let layered = LayeredBlobService::new(local.clone(), remote);
+        let asked = B3Digest::of(b"the real contents");
+        assert!(read_to_vec(&layered, &asked).await.is_err());
+        assert!(!local.has(&asked).await.unwrap(), "a false blob was cached");
+        assert!(
+            !local.has(&B3Digest::of(data)).await.unwrap(),
+            "the remote's bytes were cached"
+        );
+    }
+
+    // Directories: a closure that stops short.
+    let child = leaf(b"child");
+    let root = parent_of(&child);
+    let addr = lying_directories(vec![root.to_proto()]).await;
+    let local: Arc<dyn DirectoryService> =
+        cairn_castore::addr::directory_service_from_addr("memory://").unwrap();
+    let layered = LayeredDirectoryService::new(local.clone(), dirs_client(&addr).await).unwrap();
+    assert!(layered.get(&root.digest()).await.is_err());
+    assert!(local.get(&root.digest()).await.unwrap().is_none());
+    assert!(local.get(&child.digest()).await.unwrap().is_none());
+}

@@ -10,10 +10,12 @@ use thiserror::Error;
 
 use crate::{PathInfo, PathInfoError};
 
+mod layered;
 mod memory;
 mod redb;
 
 pub use self::redb::RedbPathInfoService;
+pub use layered::LayeredPathInfoService;
 pub use memory::MemoryPathInfoService;
 
 /// What can go wrong in a PathInfoService.
