@@ -9,7 +9,7 @@
 //! locally through the local putter, which validates it as a whole. So a
 //! lying remote leaves nothing in the local store under a false name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
 use crate::blobservice::{BlobReader, BlobWriter, ChunkMeta};
-use crate::directoryservice::DirectoryPutter;
+use crate::directoryservice::{leaves_first, DirectoryPutter};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, SizeRule};
 
 /// Blobs: local first, filled from the remote on a miss.
@@ -189,39 +189,6 @@ impl LayeredDirectoryService {
         tracing::debug!(%root, directories = closure.len(), "closure filled from the remote");
         Ok(true)
     }
-}
-
-/// The closure in an order the putter accepts: every directory after all
-/// of its children (post-order from the root, each once).
-fn leaves_first(
-    root: &B3Digest,
-    closure: &HashMap<B3Digest, Directory>,
-) -> Result<Vec<Directory>, Error> {
-    let mut out = Vec::with_capacity(closure.len());
-    let mut done: HashSet<B3Digest> = HashSet::new();
-    // (digest, children pushed yet?)
-    let mut stack = vec![(*root, false)];
-    while let Some((d, expanded)) = stack.pop() {
-        if done.contains(&d) {
-            continue;
-        }
-        let dir = closure.get(&d).ok_or(Error::NotFound {
-            what: "directory",
-            digest: d,
-        })?;
-        if expanded {
-            done.insert(d);
-            out.push(dir.clone());
-        } else {
-            stack.push((d, true));
-            for (_, child, _) in dir.subdirectories() {
-                if !done.contains(child) {
-                    stack.push((*child, false));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[async_trait]

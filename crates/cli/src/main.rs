@@ -62,6 +62,11 @@ enum Command {
     /// written or reused within the grace period are kept too, so an import
     /// running elsewhere is never harmed.
     Gc(commands::gc::GcArgs),
+    /// Copy store paths, with everything they refer to, between two stores.
+    ///
+    /// Only the blobs and directories the destination lacks are sent; a
+    /// path appears at the destination only once all of it is there.
+    Copy(commands::copy::CopyArgs),
     /// Serve the store over gRPC (tvix.castore.v1 / tvix.store.v1, and snix.*).
     ///
     /// Other cairn commands, and tvix/snix tools, then use it with
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         Command::Sign(a) => commands::store::sign(a),
         Command::Gc(a) => commands::gc::run(a),
         Command::Daemon(a) => commands::daemon::run(a),
+        Command::Copy(a) => commands::copy::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

@@ -57,6 +57,20 @@ pub struct Services {
 }
 
 impl ServiceArgs {
+    /// No flags given: the default data directory (`CAIRN_DATA_DIR` if set).
+    pub fn none() -> Self {
+        ServiceArgs {
+            data_dir: std::env::var_os("CAIRN_DATA_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            store_addr: None,
+            cache_dir: None,
+            blob_service_addr: None,
+            directory_service_addr: None,
+            path_info_service_addr: None,
+        }
+    }
+
     /// A service's address: its own flag, else `--store-addr`.
     fn given(&self, own: &Option<String>) -> Option<String> {
         own.clone().or_else(|| self.store_addr.clone())

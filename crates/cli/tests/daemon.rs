@@ -231,3 +231,54 @@ fn a_cache_dir_serves_the_second_read_with_the_daemon_gone() {
         .unwrap();
     assert_eq!(direct.status.code(), Some(1));
 }
+
+#[test]
+fn copy_to_and_from_a_daemon_sends_only_what_is_missing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let local = scratch.path().join("local");
+    let back = scratch.path().join("back");
+    let trees: Vec<PathBuf> = trees(scratch.path()).into_iter().take(2).collect();
+    let paths: Vec<String> = trees
+        .iter()
+        .map(|t| {
+            let out = run_ok(cairn().args(["import", "--data-dir"]).arg(&local).arg(t));
+            String::from_utf8(out).unwrap().trim().to_owned()
+        })
+        .collect();
+    let daemon = Daemon::start(&scratch.path().join("remote"), "127.0.0.1:0");
+    let copy = |from: &str, to: &str, paths: &[String]| {
+        let out = cairn()
+            .args(["copy", "--from", from, "--to", to])
+            .args(paths)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let local_s = local.display().to_string();
+    let said = copy(&local_s, &daemon.addr, &paths);
+    assert!(said.contains("copied 2 paths (0 already there)"), "{said}");
+    for (p, t) in paths.iter().zip(&trees) {
+        assert!(run_ok(daemon.client().arg("export").arg(p)) == reference_nar(t));
+    }
+    let said = copy(&local_s, &daemon.addr, &paths);
+    assert!(
+        said.contains("copied 0 paths (2 already there): 0 blobs"),
+        "{said}"
+    );
+    // And back, into a fresh data directory.
+    let said = copy(&daemon.addr, &back.display().to_string(), &paths[..1]);
+    assert!(said.contains("copied 1 paths"), "{said}");
+    let nar = run_ok(
+        cairn()
+            .args(["export", "--data-dir"])
+            .arg(&back)
+            .arg(&paths[0]),
+    );
+    assert!(nar == reference_nar(&trees[0]));
+    assert!(daemon.stop().success());
+}

@@ -20,7 +20,7 @@ use cairn_castore::{
 };
 use cairn_store::{proto as sproto, PathInfo, PathInfoService};
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tonic::{Code, Status};
 
 use crate::generated::castore::blob_service_client::BlobServiceClient;
@@ -149,10 +149,17 @@ impl GrpcBlobService {
         }
         Ok(Some(data.freeze()))
     }
+}
 
-    /// Of `digests`, those the peer lacks (one round trip when it offers
-    /// Cairn's presence extension, one `Stat` each otherwise).
-    pub async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+#[async_trait]
+impl BlobService for GrpcBlobService {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        Ok(self.stat(digest).await?.is_some())
+    }
+
+    /// One round trip when the peer offers Cairn's presence extension,
+    /// one `Stat` each otherwise.
+    async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
         let req = Digests {
             digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
         };
@@ -182,12 +189,33 @@ impl GrpcBlobService {
             Err(s) => Err(remote(&self.peer, "missing blobs", &s)),
         }
     }
-}
 
-#[async_trait]
-impl BlobService for GrpcBlobService {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        Ok(self.stat(digest).await?.is_some())
+    async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
+        // Upload only what the peer lacks: one presence question for the
+        // batch instead of one upload per blob.
+        let digests: Vec<B3Digest> = blobs.iter().map(|b| B3Digest::of(b)).collect();
+        let missing: HashSet<B3Digest> = self.missing(&digests).await?.into_iter().collect();
+        let mut sent = HashSet::new();
+        let uploads: Vec<Bytes> = digests
+            .iter()
+            .zip(blobs)
+            .filter(|(d, _)| missing.contains(d) && sent.insert(**d))
+            .map(|(_, data)| data)
+            .collect();
+        let this = self.clone();
+        futures::stream::iter(uploads)
+            .map(move |data| {
+                let this = this.clone();
+                async move {
+                    let mut w = this.open_write().await;
+                    w.write(&data).await?;
+                    w.close().await
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(digests)
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {

@@ -9,6 +9,7 @@
 pub mod addr;
 mod bridge;
 pub mod compression;
+pub mod copy;
 pub mod ingest;
 pub mod nar_calc;
 mod pathinfo;

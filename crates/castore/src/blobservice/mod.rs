@@ -54,6 +54,18 @@ pub trait BlobWriter: Send {
 pub trait BlobService: Send + Sync {
     /// Whether the blob exists.
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error>;
+    /// Of `digests`, those not stored, in the order given. Remote backends
+    /// answer in one round trip where the peer allows it; the default asks
+    /// [`has`](Self::has) for each.
+    async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        let mut out = Vec::new();
+        for d in digests {
+            if !self.has(d).await? {
+                out.push(*d);
+            }
+        }
+        Ok(out)
+    }
     /// A reader for the blob, or `None` if it does not exist.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
     /// A writer for a new blob.

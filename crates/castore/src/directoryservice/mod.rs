@@ -82,6 +82,39 @@ pub async fn put_closure(
     putter.close().await
 }
 
+/// The closure in an order the putter accepts: every directory after all
+/// of its children (post-order from the root, each once).
+pub fn leaves_first(
+    root: &B3Digest,
+    closure: &HashMap<B3Digest, Directory>,
+) -> Result<Vec<Directory>, Error> {
+    let mut out = Vec::with_capacity(closure.len());
+    let mut done: HashSet<B3Digest> = HashSet::new();
+    // (digest, children pushed yet?)
+    let mut stack = vec![(*root, false)];
+    while let Some((d, expanded)) = stack.pop() {
+        if done.contains(&d) {
+            continue;
+        }
+        let dir = closure.get(&d).ok_or(Error::NotFound {
+            what: "directory",
+            digest: d,
+        })?;
+        if expanded {
+            done.insert(d);
+            out.push(dir.clone());
+        } else {
+            stack.push((d, true));
+            for (_, child, _) in dir.subdirectories() {
+                if !done.contains(child) {
+                    stack.push((*child, false));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Directory services are shared between tasks.
 pub type SharedDirectoryService = Arc<dyn DirectoryService>;
 

@@ -1,6 +1,7 @@
 //! One module per subcommand group.
 
 pub mod castore;
+pub mod copy;
 pub mod daemon;
 pub mod gc;
 pub mod key;

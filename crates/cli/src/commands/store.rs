@@ -139,7 +139,7 @@ fn parse_path(arg: &str) -> Result<(StorePath, String)> {
     Ok((p, sub.trim_matches('/').to_owned()))
 }
 
-fn whole_path(arg: &str) -> Result<StorePath> {
+pub(crate) fn whole_path(arg: &str) -> Result<StorePath> {
     let (p, sub) = parse_path(arg)?;
     if !sub.is_empty() {
         bail!("{arg:?}: expected a store path, not a path inside one");

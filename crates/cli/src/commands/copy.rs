@@ -1,0 +1,108 @@
+//! `cairn copy`: store paths from one store to another.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cairn_nix::store_path::StorePath;
+use cairn_store::copy::{copy_paths, CopyProgress};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::services::ServiceArgs;
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// The store to copy from: a daemon (grpc+http://HOST:PORT,
+    /// grpc+unix:///PATH) or a data directory [default: the default data
+    /// directory]
+    #[arg(long, value_name = "STORE")]
+    from: Option<String>,
+    /// The store to copy to, in the same forms [default: the default data
+    /// directory]
+    #[arg(long, value_name = "STORE")]
+    to: Option<String>,
+    /// Copy only the paths named, not what they refer to.
+    #[arg(long)]
+    no_closure: bool,
+    /// Store paths to copy.
+    #[arg(required = true, value_name = "STORE-PATH")]
+    paths: Vec<String>,
+}
+
+/// The services of a `--from`/`--to` store.
+fn store_args(given: Option<&str>) -> ServiceArgs {
+    let mut args = ServiceArgs::none();
+    match given {
+        Some(s) if s.contains("://") => args.store_addr = Some(s.to_owned()),
+        Some(dir) => args.data_dir = Some(PathBuf::from(dir)),
+        None => {}
+    }
+    args
+}
+
+struct Bar(Option<ProgressBar>);
+
+impl CopyProgress for Bar {
+    fn path_done(&self, path: &StorePath, copied: bool) {
+        if let Some(b) = &self.0 {
+            b.set_message(format!(
+                "{} {path}",
+                if copied { "copied" } else { "already there:" }
+            ));
+        }
+    }
+    fn bytes_sent(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+}
+
+pub fn run(a: CopyArgs) -> Result<()> {
+    if a.from.is_none() && a.to.is_none() {
+        bail!("give --from, --to or both (the other defaults to the default data directory)");
+    }
+    if a.from == a.to {
+        bail!("--from and --to name the same store");
+    }
+    let paths = a
+        .paths
+        .iter()
+        .map(|p| super::store::whole_path(p))
+        .collect::<Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let from = store_args(a.from.as_deref())
+            .open_store()
+            .context("cannot open the source store")?;
+        let to = store_args(a.to.as_deref())
+            .open_store()
+            .context("cannot open the destination store")?;
+        let bar = Bar(std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::no_length();
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} {bytes} sent ({bytes_per_sec}) {msg}")
+            {
+                b.set_style(style);
+            }
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        }));
+        let summary = copy_paths(&from, &to, &paths, !a.no_closure, &bar)
+            .await
+            .context("copy failed")?;
+        if let Some(b) = &bar.0 {
+            b.finish_and_clear();
+        }
+        eprintln!(
+            "copied {} paths ({} already there): {} blobs, {} bytes, {} directories sent",
+            summary.copied,
+            summary.present,
+            summary.blobs_sent,
+            summary.bytes_sent,
+            summary.directories_sent
+        );
+        Ok(())
+    })
+}

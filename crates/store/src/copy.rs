@@ -1,0 +1,229 @@
+//! Copying store paths between two stores, whatever their backends:
+//! references first (so the destination never holds a path whose
+//! references it lacks), and of each path only the blobs and directories
+//! the destination does not already have.
+//!
+//! Order within a path: blobs, then the directory closure (one put,
+//! validated whole by the destination), then the PathInfo. A copy stopped
+//! at any point leaves the destination without the PathInfo, so the path
+//! is either there whole or not at all.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use cairn_castore::directoryservice::leaves_first;
+use cairn_castore::{B3Digest, Directory, Node};
+use cairn_nix::store_path::StorePath;
+use futures::TryStreamExt;
+use tokio::io::AsyncReadExt;
+
+use crate::store::{Store, StoreError};
+use crate::PathInfo;
+
+/// What a copy did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopySummary {
+    /// Paths copied.
+    pub copied: u64,
+    /// Paths the destination already had.
+    pub present: u64,
+    /// Blobs sent (the others were there already).
+    pub blobs_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Directories sent.
+    pub directories_sent: u64,
+}
+
+/// Told about each path as it is done.
+pub trait CopyProgress: Send + Sync {
+    /// `path` is now at the destination (`copied` false: it was already).
+    fn path_done(&self, _path: &StorePath, _copied: bool) {}
+    /// `n` more blob bytes were sent.
+    fn bytes_sent(&self, _n: u64) {}
+}
+
+/// Reports nothing.
+pub struct NoCopyProgress;
+impl CopyProgress for NoCopyProgress {}
+
+/// The paths to copy, references before referrers: with `closure`,
+/// everything `paths` refer to, transitively; else `paths` alone.
+pub async fn closure_order(
+    from: &Store,
+    paths: &[StorePath],
+    closure: bool,
+) -> Result<Vec<PathInfo>, StoreError> {
+    let mut infos: HashMap<StorePath, PathInfo> = HashMap::new();
+    let mut queue: VecDeque<StorePath> = paths.iter().cloned().collect();
+    while let Some(p) = queue.pop_front() {
+        if infos.contains_key(&p) {
+            continue;
+        }
+        let info = from.path_info(&p).await?;
+        if closure {
+            for r in &info.references {
+                if !infos.contains_key(r) {
+                    queue.push_back(r.clone());
+                }
+            }
+        }
+        infos.insert(p, info);
+    }
+    // Post-order over references (each path after those it refers to);
+    // references outside the set (without `closure`) are not followed.
+    let mut order = Vec::with_capacity(infos.len());
+    let mut done: HashSet<StorePath> = HashSet::new();
+    let mut roots: Vec<&StorePath> = infos.keys().collect();
+    roots.sort_by_key(|p| p.to_string());
+    for root in roots {
+        let mut stack = vec![(root.clone(), false)];
+        while let Some((p, expanded)) = stack.pop() {
+            if done.contains(&p) {
+                continue;
+            }
+            let Some(info) = infos.get(&p) else { continue };
+            if expanded {
+                done.insert(p);
+                order.push(info.clone());
+            } else {
+                stack.push((p.clone(), true));
+                for r in &info.references {
+                    // A path referring to itself is common in Nix.
+                    if *r != p && !done.contains(r) {
+                        stack.push((r.clone(), false));
+                    }
+                }
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Copies `paths` (and with `closure`, everything they refer to) from
+/// `from` to `to`.
+pub async fn copy_paths(
+    from: &Store,
+    to: &Store,
+    paths: &[StorePath],
+    closure: bool,
+    progress: &dyn CopyProgress,
+) -> Result<CopySummary, StoreError> {
+    let mut summary = CopySummary::default();
+    for info in closure_order(from, paths, closure).await? {
+        if to.path_infos.get(info.store_path.digest()).await?.is_some() {
+            summary.present += 1;
+            progress.path_done(&info.store_path, false);
+            continue;
+        }
+        copy_tree(from, to, &info.node, &mut summary, progress).await?;
+        to.path_infos.put(info.clone()).await?;
+        summary.copied += 1;
+        progress.path_done(&info.store_path, true);
+    }
+    Ok(summary)
+}
+
+/// Sends what `to` lacks of the tree at `node`.
+async fn copy_tree(
+    from: &Store,
+    to: &Store,
+    node: &Node,
+    summary: &mut CopySummary,
+    progress: &dyn CopyProgress,
+) -> Result<(), StoreError> {
+    let root = match node {
+        Node::Symlink { .. } => return Ok(()),
+        Node::File { digest, size, .. } => {
+            return copy_blobs(from, to, &[(*digest, *size)], summary, progress).await;
+        }
+        Node::Directory { digest, .. } => *digest,
+    };
+    // A closure is put whole, so a destination with the root has it all.
+    if to.dirs.get(&root).await?.is_some() {
+        return Ok(());
+    }
+    let closure: HashMap<B3Digest, Directory> = from
+        .dirs
+        .get_recursive(&root)
+        .map_ok(|d| (d.digest(), d))
+        .try_collect()
+        .await?;
+    let mut files: Vec<(B3Digest, u64)> = Vec::new();
+    let mut seen = HashSet::new();
+    for dir in closure.values() {
+        for (_, n) in dir.entries() {
+            if let Node::File { digest, size, .. } = n {
+                if seen.insert(*digest) {
+                    files.push((*digest, *size));
+                }
+            }
+        }
+    }
+    copy_blobs(from, to, &files, summary, progress).await?;
+    let order = leaves_first(&root, &closure)?;
+    let mut putter = to.dirs.put_multiple_start();
+    for d in order {
+        putter.put(d).await?;
+        summary.directories_sent += 1;
+    }
+    let committed = putter.close().await?;
+    if committed != root {
+        return Err(cairn_castore::Error::Integrity {
+            digest: root,
+            detail: format!("the destination stored the closure as {committed}"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Sends the blobs `to` lacks, streaming each; every one is verified on
+/// both ends (read from `from`, named by `to`).
+async fn copy_blobs(
+    from: &Store,
+    to: &Store,
+    blobs: &[(B3Digest, u64)],
+    summary: &mut CopySummary,
+    progress: &dyn CopyProgress,
+) -> Result<(), StoreError> {
+    let digests: Vec<B3Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    let missing = to.blobs.missing(&digests).await?;
+    let mut buf = vec![0u8; 1024 * 1024];
+    for d in missing {
+        let mut reader = from
+            .blobs
+            .open_read(&d)
+            .await?
+            .ok_or(cairn_castore::Error::NotFound {
+                what: "blob",
+                digest: d,
+            })?;
+        let mut writer = to.blobs.open_write().await;
+        let mut sent = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(cairn_castore::Error::from_io)?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n]).await?;
+            sent += n as u64;
+            progress.bytes_sent(n as u64);
+        }
+        let stored = writer.close().await?;
+        if stored != d {
+            return Err(cairn_castore::Error::Integrity {
+                digest: d,
+                detail: format!("sent bytes that the destination named {stored}"),
+            }
+            .into());
+        }
+        summary.blobs_sent += 1;
+        summary.bytes_sent += sent;
+    }
+    // What was sent is durable before directories that refer to it are.
+    to.blobs.sync().await?;
+    Ok(())
+}
