@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod corpus;
+mod grpc;
 mod harness;
 mod import;
 mod nar;
@@ -36,6 +37,8 @@ enum Group {
     Import(import::ImportArgs),
     /// Store commands: `cairn import|export|import-nar` against `nix-store --add|--dump|--restore`.
     Store(store::StoreArgs),
+    /// Through `cairn daemon` over loopback against the embedded store directly: import and read.
+    Grpc(grpc::GrpcArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Group::Nar(args) => nar::run(args),
         Group::Import(args) => import::run(args),
         Group::Store(args) => store::run(args),
+        Group::Grpc(args) => grpc::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -134,6 +134,12 @@ where
     }
 }
 
+/// HTTP/2 flow-control windows. The default 64 KiB lets a blob move one
+/// window per round trip: 40 MB/s over loopback on a 540 MB tree, against
+/// gigabytes per second for the same bytes on disk.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Serves `services` (plus health and reflection) at `location` until
 /// `shutdown` completes; then stops accepting, lets requests in flight
 /// finish, and returns. `ready` is told where it listens once it does (the
@@ -166,6 +172,8 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| TransportError::Reflection(e.to_string()))?;
     let router = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(RenamePackageLayer::snix_to_tvix())
         .add_service(health)
         .add_service(reflection)
@@ -223,6 +231,12 @@ pub async fn serve(
     }
 }
 
+fn tune(e: Endpoint) -> Endpoint {
+    e.initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+}
+
 /// A client channel: requests renamed to the dialect's package on the way.
 pub type ClientChannel = RenamePackage<Channel>;
 
@@ -267,14 +281,14 @@ pub fn connect(location: &Location, dialect: Dialect) -> Result<ClientChannel, T
         source,
     };
     let channel = match location {
-        Location::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(failed)?
-            .connect_lazy(),
+        Location::Tcp(addr) => {
+            tune(Endpoint::from_shared(format!("http://{addr}")).map_err(failed)?).connect_lazy()
+        }
         Location::Unix(path) => {
             let path = path.clone();
             // The URI is required by the API and unused: the connector
             // below decides where bytes go.
-            Endpoint::from_static("http://localhost").connect_with_connector_lazy(
+            tune(Endpoint::from_static("http://localhost")).connect_with_connector_lazy(
                 tower::service_fn(move |_: http::Uri| {
                     let path = path.clone();
                     async move {
