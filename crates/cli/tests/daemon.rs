@@ -282,3 +282,109 @@ fn copy_to_and_from_a_daemon_sends_only_what_is_missing() {
     assert!(nar == reference_nar(&trees[0]));
     assert!(daemon.stop().success());
 }
+
+/// A generic gRPC client from PyPI (`grpc-requests`, on grpcio), which
+/// learns the services by reflection and knows nothing of Cairn: it finds
+/// the tvix services, reads a blob, a directory closure and a PathInfo.
+const FOREIGN_CLIENT: &str = r#"
+import base64, json, sys
+from grpc_requests import Client
+addr, blob, root, path_digest = sys.argv[1:5]
+c = Client.get_by_endpoint(addr)
+names = sorted(c.service_names)
+read = c.request("tvix.castore.v1.BlobService", "Read", {"digest": blob})
+data = b"".join(base64.b64decode(m.get("data", "")) for m in read)
+closure = list(c.request("tvix.castore.v1.DirectoryService", "Get",
+                         {"digest": root, "recursive": True}))
+info = c.request("tvix.store.v1.PathInfoService", "Get", {"byOutputHash": path_digest})
+print(json.dumps({"services": names, "blob": base64.b64encode(data).decode(),
+                  "directories": len(closure),
+                  "root_name": base64.b64decode(info["node"]["directory"]["name"]).decode(),
+                  "nar_size": int(info["narinfo"].get("narSize", info["narinfo"].get("nar_size")))}))
+"#;
+
+/// The Python that has `grpc_requests`: `CAIRN_GRPC_PYTHON` (CI makes a
+/// venv for it), else `python3` if it happens to have it.
+fn foreign_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CAIRN_GRPC_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let system = Command::new("python3")
+        .args(["-c", "import grpc_requests"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if system {
+        return Some(PathBuf::from("python3"));
+    }
+    assert!(
+        !cairn_testkit::oracles_required(),
+        "no Python with grpc-requests: set CAIRN_GRPC_PYTHON (.ci/run makes a venv)"
+    );
+    eprintln!(
+        "SKIP: no Python with grpc-requests (pip install grpc-requests, or set CAIRN_GRPC_PYTHON)"
+    );
+    None
+}
+
+#[test]
+fn a_foreign_client_finds_and_uses_the_services_by_reflection() {
+    let Some(python) = foreign_python() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = scratch.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a"), b"hello\n").unwrap();
+    std::fs::write(tree.join("sub/b"), b"world\n").unwrap();
+    let daemon = Daemon::start(&scratch.path().join("data"), "127.0.0.1:0");
+    let path = String::from_utf8(run_ok(daemon.client().arg("import").arg(&tree)))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let info = String::from_utf8(run_ok(daemon.client().args(["path-info", &path]))).unwrap();
+    let root = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Root: directory b3:"))
+        .unwrap()
+        .to_owned();
+    let b64 = |bytes: &[u8]| data_encoding::BASE64.encode(bytes);
+    let blob = b64(cairn_castore::B3Digest::of(b"hello\n").as_bytes());
+    let store_path: cairn_nix::StorePath = path.parse().unwrap();
+    let out = Command::new(python)
+        .args(["-c", FOREIGN_CLIENT])
+        .arg(daemon.addr.strip_prefix("grpc+http://").unwrap())
+        .args([&blob, &root, &b64(store_path.digest())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "foreign client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services: Vec<&str> = got["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for s in [
+        "tvix.castore.v1.BlobService",
+        "tvix.castore.v1.DirectoryService",
+        "tvix.store.v1.PathInfoService",
+        "cairn.v1.PresenceService",
+    ] {
+        assert!(
+            services.contains(&s),
+            "{s} not found by reflection: {services:?}"
+        );
+    }
+    assert_eq!(got["blob"], b64(b"hello\n"));
+    assert_eq!(got["directories"], 2);
+    assert_eq!(
+        got["root_name"],
+        store_path.to_string().rsplit('/').next().unwrap()
+    );
+    assert!(got["nar_size"].as_u64().unwrap() > 0);
+    assert!(daemon.stop().success());
+}

@@ -167,9 +167,14 @@ pub async fn serve(
             crate::server::PathInfoHandler,
         >>()
         .await;
+    // Both reflection versions: clients in the wild still ask v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| TransportError::Reflection(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| TransportError::Reflection(e.to_string()))?;
     let router = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -177,6 +182,7 @@ pub async fn serve(
         .layer(RenamePackageLayer::snix_to_tvix())
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(services.blobs)
         .add_service(services.directories)
         .add_service(services.path_infos)
