@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "tvix/castore/v1/castore.proto",
         "tvix/store/v1/store.proto",
-        "cairn/v1/presence.proto",
+        "cairn/v1/batch.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={}", proto_root.join(f).display());

@@ -372,7 +372,7 @@ fn a_foreign_client_finds_and_uses_the_services_by_reflection() {
         "tvix.castore.v1.BlobService",
         "tvix.castore.v1.DirectoryService",
         "tvix.store.v1.PathInfoService",
-        "cairn.v1.PresenceService",
+        "cairn.v1.BatchService",
     ] {
         assert!(
             services.contains(&s),

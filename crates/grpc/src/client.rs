@@ -23,10 +23,10 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Code, Status};
 
+use crate::generated::batch::batch_service_client::BatchServiceClient;
+use crate::generated::batch::{Digests, WholeBlob};
 use crate::generated::castore::blob_service_client::BlobServiceClient;
 use crate::generated::castore::directory_service_client::DirectoryServiceClient;
-use crate::generated::presence::presence_service_client::PresenceServiceClient;
-use crate::generated::presence::Digests;
 use crate::generated::store::path_info_service_client::PathInfoServiceClient;
 use crate::transport::{ClientChannel, Connection};
 use crate::{BLOB_PIECE, MAX_MESSAGE};
@@ -72,8 +72,8 @@ impl GrpcBlobService {
             .max_encoding_message_size(MAX_MESSAGE))
     }
 
-    fn presence(&self) -> Result<PresenceServiceClient<ClientChannel>, Error> {
-        Ok(PresenceServiceClient::new(channel_of(&self.conn)?)
+    fn batch(&self) -> Result<BatchServiceClient<ClientChannel>, Error> {
+        Ok(BatchServiceClient::new(channel_of(&self.conn)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }
@@ -157,13 +157,13 @@ impl BlobService for GrpcBlobService {
         Ok(self.stat(digest).await?.is_some())
     }
 
-    /// One round trip when the peer offers Cairn's presence extension,
+    /// One round trip when the peer offers Cairn's batch extension,
     /// one `Stat` each otherwise.
     async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
         let req = Digests {
             digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
         };
-        match self.presence()?.missing_blobs(req).await {
+        match self.batch()?.missing_blobs(req).await {
             Ok(resp) => resp
                 .into_inner()
                 .digests
@@ -191,7 +191,7 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
-        // Upload only what the peer lacks: one presence question for the
+        // Upload only what the peer lacks: one question for the
         // batch instead of one upload per blob.
         let digests: Vec<B3Digest> = blobs.iter().map(|b| B3Digest::of(b)).collect();
         let missing: HashSet<B3Digest> = self.missing(&digests).await?.into_iter().collect();
@@ -202,6 +202,41 @@ impl BlobService for GrpcBlobService {
             .filter(|(d, _)| missing.contains(d) && sent.insert(**d))
             .map(|(_, data)| data)
             .collect();
+        if uploads.is_empty() {
+            return Ok(digests);
+        }
+        // One PutBlobs call for the batch, where the peer has it.
+        let expected: Vec<B3Digest> = uploads.iter().map(|b| B3Digest::of(b)).collect();
+        let messages: Vec<WholeBlob> = uploads
+            .iter()
+            .map(|data| WholeBlob {
+                data: data.clone(),
+                absent: false,
+            })
+            .collect();
+        match self
+            .batch()?
+            .put_blobs(futures::stream::iter(messages))
+            .await
+        {
+            Ok(resp) => {
+                let named = resp.into_inner().digests;
+                if named.len() != expected.len()
+                    || named
+                        .iter()
+                        .zip(&expected)
+                        .any(|(n, e)| n[..] != e.as_bytes()[..])
+                {
+                    return Err(Error::Storage(format!(
+                        "{}: PutBlobs named other digests than the blobs sent",
+                        self.peer
+                    )));
+                }
+                return Ok(digests);
+            }
+            Err(s) if s.code() == Code::Unimplemented => {}
+            Err(s) => return Err(remote(&self.peer, "put blobs", &s)),
+        }
         let this = self.clone();
         futures::stream::iter(uploads)
             .map(move |data| {
@@ -256,9 +291,42 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn read_many(&self, wanted: &[(B3Digest, u64)]) -> Result<Vec<Option<Bytes>>, Error> {
-        // Meant for small blobs (and chunks): each read whole with one
-        // `Read` and checked against its digest, several at once.
+        // Meant for small blobs (and chunks): all in one ReadBlobs call
+        // where the peer has it, else one `Read` each, several at once;
+        // every blob checked against its digest.
         let digests: Vec<B3Digest> = wanted.iter().map(|(d, _)| *d).collect();
+        let req = Digests {
+            digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
+        };
+        match self.batch()?.read_blobs(req).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                let mut out = Vec::with_capacity(digests.len());
+                for d in &digests {
+                    let msg = stream
+                        .message()
+                        .await
+                        .map_err(|s| remote(&self.peer, "read blobs", &s))?
+                        .ok_or_else(|| lied(&self.peer, *d, "ended ReadBlobs early".into()))?;
+                    if msg.absent {
+                        out.push(None);
+                        continue;
+                    }
+                    let actual = B3Digest::of(&msg.data);
+                    if actual != *d {
+                        return Err(lied(
+                            &self.peer,
+                            *d,
+                            format!("sent bytes that hash to {actual}"),
+                        ));
+                    }
+                    out.push(Some(msg.data));
+                }
+                return Ok(out);
+            }
+            Err(s) if s.code() == Code::Unimplemented => {}
+            Err(s) => return Err(remote(&self.peer, "read blobs", &s)),
+        }
         let this = self.clone();
         futures::stream::iter(digests)
             .map(move |d| {

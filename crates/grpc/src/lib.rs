@@ -1,7 +1,7 @@
 //! Cairn over gRPC: the `tvix.castore.v1` and `tvix.store.v1` protocols
 //! (SPEC.md §1–2) in both directions.
 //!
-//! - [`server`]: the three services (and Cairn's presence extension) served
+//! - [`server`]: the three services (and Cairn's batch extension) served
 //!   from any backends, the same handlers also under the `snix.*` package
 //!   names;
 //! - [`client`]: backends that are remote daemons, verifying everything
@@ -30,8 +30,8 @@ pub mod generated {
     pub mod store {
         include!(concat!(env!("OUT_DIR"), "/tvix.store.v1.rs"));
     }
-    /// `cairn.v1`: Cairn's presence extension, messages and service.
-    pub mod presence {
+    /// `cairn.v1`: Cairn's batch extension, messages and service.
+    pub mod batch {
         include!(concat!(env!("OUT_DIR"), "/cairn.v1.rs"));
     }
 }

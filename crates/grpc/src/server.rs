@@ -19,10 +19,10 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::generated::batch::batch_service_server::{self, BatchServiceServer};
+use crate::generated::batch::{Digests, WholeBlob};
 use crate::generated::castore::blob_service_server::{self, BlobServiceServer};
 use crate::generated::castore::directory_service_server::{self, DirectoryServiceServer};
-use crate::generated::presence::presence_service_server::{self, PresenceServiceServer};
-use crate::generated::presence::Digests;
 use crate::generated::store::path_info_service_server::{self, PathInfoServiceServer};
 use crate::{BLOB_PIECE, MAX_MESSAGE};
 
@@ -60,7 +60,7 @@ fn digest_arg(bytes: &[u8], what: &str) -> Result<B3Digest, Status> {
     })
 }
 
-/// The three services and the presence extension, with message limits set.
+/// The three services and the batch extension, with message limits set.
 pub struct Services {
     /// `tvix.castore.v1.BlobService`.
     pub blobs: BlobServiceServer<BlobHandler>,
@@ -68,8 +68,8 @@ pub struct Services {
     pub directories: DirectoryServiceServer<DirectoryHandler>,
     /// `tvix.store.v1.PathInfoService`.
     pub path_infos: PathInfoServiceServer<PathInfoHandler>,
-    /// `cairn.v1.PresenceService`.
-    pub presence: PresenceServiceServer<PresenceHandler>,
+    /// `cairn.v1.BatchService`.
+    pub batch: BatchServiceServer<BatchHandler>,
 }
 
 impl Services {
@@ -100,7 +100,7 @@ impl Services {
             })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
-            presence: PresenceServiceServer::new(PresenceHandler { blobs, dirs })
+            batch: BatchServiceServer::new(BatchHandler { blobs, dirs })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         }
@@ -404,8 +404,12 @@ impl path_info_service_server::PathInfoService for PathInfoHandler {
     }
 }
 
-/// Serves Cairn's presence extension.
-pub struct PresenceHandler {
+/// Blobs put per backend call by `PutBlobs`, at most (and bytes).
+const PUT_BATCH_BLOBS: usize = 128;
+const PUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Serves Cairn's batch extension.
+pub struct BatchHandler {
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
 }
@@ -424,7 +428,87 @@ fn digest_list(req: Digests) -> Result<Vec<B3Digest>, Status> {
 }
 
 #[tonic::async_trait]
-impl presence_service_server::PresenceService for PresenceHandler {
+impl batch_service_server::BatchService for BatchHandler {
+    async fn put_blobs(
+        &self,
+        request: Request<Streaming<WholeBlob>>,
+    ) -> Result<Response<Digests>, Status> {
+        let mut incoming = request.into_inner();
+        let mut digests = Vec::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_bytes = 0;
+        loop {
+            let next = incoming.message().await?;
+            let flush = match &next {
+                None => !batch.is_empty(),
+                Some(_) => batch.len() >= PUT_BATCH_BLOBS || batch_bytes >= PUT_BATCH_BYTES,
+            };
+            if flush {
+                let stored = self
+                    .blobs
+                    .put_many(std::mem::take(&mut batch))
+                    .await
+                    .map_err(status_of)?;
+                digests.extend(stored.into_iter().map(Bytes::from));
+                batch_bytes = 0;
+            }
+            let Some(blob) = next else { break };
+            if blob.absent {
+                return Err(Status::invalid_argument("PutBlobs: a blob marked absent"));
+            }
+            batch_bytes += blob.data.len();
+            batch.push(blob.data);
+        }
+        Ok(Response::new(Digests { digests }))
+    }
+
+    type ReadBlobsStream = Streamed<WholeBlob>;
+
+    async fn read_blobs(
+        &self,
+        request: Request<Digests>,
+    ) -> Result<Response<Self::ReadBlobsStream>, Status> {
+        let wanted = digest_list(request.into_inner())?;
+        let blobs = self.blobs.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WholeBlob, Status>>(4);
+        tokio::spawn(async move {
+            // Backend batches: read_many holds each batch in memory. Sizes
+            // are unknown here (0: only a hint to the backend).
+            for group in wanted.chunks(PUT_BATCH_BLOBS) {
+                let asked: Vec<(B3Digest, u64)> = group.iter().map(|d| (*d, 0)).collect();
+                let found = match blobs.read_many(&asked).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(status_of(e))).await;
+                        return;
+                    }
+                };
+                for blob in found {
+                    let msg = match blob {
+                        Some(data) if data.len() > MAX_MESSAGE - 1024 => Err(
+                            Status::resource_exhausted("a blob too large for ReadBlobs; use Read"),
+                        ),
+                        Some(data) => Ok(WholeBlob {
+                            data,
+                            absent: false,
+                        }),
+                        None => Ok(WholeBlob {
+                            data: Bytes::new(),
+                            absent: true,
+                        }),
+                    };
+                    let failed = msg.is_err();
+                    if tx.send(msg).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn missing_blobs(&self, request: Request<Digests>) -> Result<Response<Digests>, Status> {
         let wanted = digest_list(request.into_inner())?;
         let mut missing = Vec::new();

@@ -186,7 +186,7 @@ pub async fn serve(
         .add_service(services.blobs)
         .add_service(services.directories)
         .add_service(services.path_infos)
-        .add_service(services.presence);
+        .add_service(services.batch);
     let failed = |source| TransportError::Tonic {
         location: location.to_string(),
         source,
@@ -335,7 +335,7 @@ mod tests {
         );
         assert_eq!(renamed("/snixy.castore.v1.X/Y", "snix", "tvix"), None);
         assert_eq!(
-            renamed("/cairn.v1.PresenceService/MissingBlobs", "tvix", "snix"),
+            renamed("/cairn.v1.BatchService/MissingBlobs", "tvix", "snix"),
             None
         );
     }

@@ -303,22 +303,38 @@ async fn status_codes_are_the_specs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_extension_names_what_is_missing() {
+async fn batch_extension_names_what_is_missing() {
     let f = fixture().await;
     let have = B3Digest::of(b"hello\n");
     let lack = B3Digest::of(b"not here");
     // Digests { repeated bytes digests = 1 }.
     let req = [digest_field(&have, &[]), digest_field(&lack, &[])].concat();
-    let got = unary(&f.addr, "/cairn.v1.PresenceService/MissingBlobs", req)
+    let got = unary(&f.addr, "/cairn.v1.BatchService/MissingBlobs", req)
         .await
         .unwrap();
     assert_eq!(got, digest_field(&lack, &[]));
     let root = root_digest(&f.info);
     let req = [digest_field(&root, &[]), digest_field(&lack, &[])].concat();
-    let got = unary(&f.addr, "/cairn.v1.PresenceService/MissingDirectories", req)
+    let got = unary(&f.addr, "/cairn.v1.BatchService/MissingDirectories", req)
         .await
         .unwrap();
     assert_eq!(got, digest_field(&lack, &[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reads_answer_in_order_and_mark_the_absent() {
+    let f = fixture().await;
+    let have = B3Digest::of(b"hello\n");
+    let lack = B3Digest::of(b"not here");
+    let req = [digest_field(&have, &[]), digest_field(&lack, &[])].concat();
+    let got = streaming(&f.addr, "/cairn.v1.BatchService/ReadBlobs", req)
+        .await
+        .unwrap();
+    // WholeBlob { 1: data } then WholeBlob { 2: absent = true }.
+    assert_eq!(
+        got,
+        vec![[&[0x0a, 6][..], b"hello\n"].concat(), vec![0x10, 0x01]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
