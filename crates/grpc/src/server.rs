@@ -310,12 +310,12 @@ impl PathInfoHandler {
                         }
                     }
                 }
-                for d in &files {
-                    if !self.blobs.has(d).await.map_err(status_of)? {
-                        return Err(missing("blob", d));
-                    }
+                let files: Vec<B3Digest> = files.into_iter().collect();
+                let absent = self.blobs.missing(&files).await.map_err(status_of)?;
+                match absent.first() {
+                    Some(d) => Err(missing("blob", d)),
+                    None => Ok(()),
                 }
-                Ok(())
             }
         }
     }
@@ -511,13 +511,10 @@ impl batch_service_server::BatchService for BatchHandler {
 
     async fn missing_blobs(&self, request: Request<Digests>) -> Result<Response<Digests>, Status> {
         let wanted = digest_list(request.into_inner())?;
-        let mut missing = Vec::new();
-        for d in wanted {
-            if !self.blobs.has(&d).await.map_err(status_of)? {
-                missing.push(Bytes::from(d));
-            }
-        }
-        Ok(Response::new(Digests { digests: missing }))
+        let missing = self.blobs.missing(&wanted).await.map_err(status_of)?;
+        Ok(Response::new(Digests {
+            digests: missing.into_iter().map(Bytes::from).collect(),
+        }))
     }
 
     async fn missing_directories(

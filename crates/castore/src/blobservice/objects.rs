@@ -943,6 +943,24 @@ impl BlobService for ObjectsBlobService {
         .await
     }
 
+    async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        // One blocking hop for the lot: a hop per digest cost more than
+        // the lookups (a daemon answering for 1,400 files made 29,000
+        // futex calls).
+        let inner = self.inner.clone();
+        let digests = digests.to_vec();
+        blocking(move || {
+            let mut out = Vec::new();
+            for d in digests {
+                if inner.locate(&d)?.is_none() && inner.read_list(&d)?.is_none() {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         let inner = self.inner.clone();
         let d = *digest;
