@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use cairn_castore::blobservice::chunked::{ChunkSource, ChunkedReader};
 use cairn_castore::blobservice::{BlobReader, BlobWriter, ChunkMeta};
 use cairn_castore::directoryservice::{ClosureValidator, DirectoryPutter};
 use cairn_castore::{
@@ -265,11 +266,12 @@ impl BlobService for GrpcBlobService {
                 .await?
                 .map(|data| Box::new(io::Cursor::new(data)) as Box<dyn BlobReader>));
         }
-        Ok(Some(Box::new(RemoteChunkedReader::new(
-            self.clone(),
-            *digest,
-            chunks,
-        ))))
+        // Chunk by chunk, one ahead: memory is two chunks, not the blob.
+        let source = RemoteChunks {
+            service: self.clone(),
+            blob: *digest,
+        };
+        Ok(Some(Box::new(ChunkedReader::new(source, *digest, chunks))))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
@@ -345,170 +347,37 @@ impl BlobService for GrpcBlobService {
     }
 }
 
-type ChunkLoad = futures::future::BoxFuture<'static, Result<Bytes, Error>>;
-
-/// Reads a remote blob chunk by chunk (each verified before any of it is
-/// returned), one chunk ahead; a read from start to end also checks the
-/// whole blob's digest before reporting the end. Memory: two chunks.
-struct RemoteChunkedReader {
+/// Chunks of a remote blob, for [`ChunkedReader`]: each read with its own
+/// `Read`, verified against its digest before it is returned.
+struct RemoteChunks {
     service: GrpcBlobService,
-    digest: B3Digest,
-    chunks: Vec<ChunkMeta>,
-    starts: Vec<u64>,
-    size: u64,
-    pos: u64,
-    current: Option<(usize, Bytes)>,
-    loading: Option<(usize, ChunkLoad)>,
-    ahead: Option<(usize, ChunkLoad)>,
-    whole: Option<blake3::Hasher>,
-    whole_upto: u64,
+    blob: B3Digest,
 }
 
-impl RemoteChunkedReader {
-    fn new(service: GrpcBlobService, digest: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
-        let mut starts = Vec::with_capacity(chunks.len());
-        let mut size = 0u64;
-        for c in &chunks {
-            starts.push(size);
-            size = size.saturating_add(c.size);
-        }
-        RemoteChunkedReader {
-            service,
-            digest,
-            chunks,
-            starts,
-            size,
-            pos: 0,
-            current: None,
-            loading: None,
-            ahead: None,
-            whole: Some(blake3::Hasher::new()),
-            whole_upto: 0,
-        }
-    }
-
-    fn load(&self, idx: usize) -> ChunkLoad {
+impl ChunkSource for RemoteChunks {
+    fn load(&self, chunk: ChunkMeta) -> futures::future::BoxFuture<'static, Result<Bytes, Error>> {
         let service = self.service.clone();
-        let meta = self.chunks[idx];
-        let blob = self.digest;
+        let blob = self.blob;
         Box::pin(async move {
-            let data = service
-                .read_verified(&meta.digest, meta.size)
+            service
+                .read_verified(&chunk.digest, chunk.size)
                 .await?
                 .ok_or_else(|| {
                     lied(
                         &service.peer,
                         blob,
-                        format!("listed chunk {} it does not have", meta.digest),
+                        format!("listed chunk {} it does not have", chunk.digest),
                     )
-                })?;
-            if data.len() as u64 != meta.size {
-                return Err(lied(
-                    &service.peer,
-                    blob,
-                    format!(
-                        "chunk {} has {} bytes, listed as {}",
-                        meta.digest,
-                        data.len(),
-                        meta.size
-                    ),
-                ));
-            }
-            Ok(data)
+                })
         })
     }
 
-    fn chunk_index(&self, pos: u64) -> usize {
-        self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
-    }
-}
-
-impl tokio::io::AsyncRead for RemoteChunkedReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        loop {
-            if this.pos >= this.size || out.remaining() == 0 {
-                if this.pos >= this.size && this.whole_upto == this.size {
-                    if let Some(h) = this.whole.take() {
-                        let actual = B3Digest::from(h.finalize());
-                        if actual != this.digest {
-                            let e = lied(
-                                &this.service.peer,
-                                this.digest,
-                                format!("listed chunks that concatenate to {actual}"),
-                            );
-                            return Poll::Ready(Err(e.into_io()));
-                        }
-                    }
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let idx = this.chunk_index(this.pos);
-            if let Some((i, data)) = &this.current {
-                if *i == idx {
-                    let off = (this.pos - this.starts[idx]) as usize;
-                    let n = (data.len() - off).min(out.remaining());
-                    let piece = &data[off..off + n];
-                    out.put_slice(piece);
-                    if this.whole_upto == this.pos {
-                        if let Some(h) = this.whole.as_mut() {
-                            h.update(piece);
-                            this.whole_upto += n as u64;
-                        }
-                    }
-                    this.pos += n as u64;
-                    if this.ahead.is_none() && idx + 1 < this.chunks.len() {
-                        this.ahead = Some((idx + 1, this.load(idx + 1)));
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            if this.loading.as_ref().is_none_or(|(i, _)| *i != idx) {
-                this.loading = match this.ahead.take() {
-                    Some((i, f)) if i == idx => Some((i, f)),
-                    _ => Some((idx, this.load(idx))),
-                };
-            }
-            let Some((_, fut)) = this.loading.as_mut() else {
-                continue;
-            };
-            match fut.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => {
-                    this.loading = None;
-                    this.current = Some((idx, r.map_err(Error::into_io)?));
-                }
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncSeek for RemoteChunkedReader {
-    fn start_seek(mut self: std::pin::Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        let target = match position {
-            io::SeekFrom::Start(n) => Some(n),
-            io::SeekFrom::End(off) => self.size.checked_add_signed(off),
-            io::SeekFrom::Current(off) => self.pos.checked_add_signed(off),
-        };
-        self.pos = target.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the blob",
-            )
-        })?;
-        Ok(())
-    }
-
-    fn poll_complete(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<u64>> {
-        std::task::Poll::Ready(Ok(self.pos))
+    fn wrong_list(&self, digest: B3Digest, actual: B3Digest) -> Error {
+        lied(
+            &self.service.peer,
+            digest,
+            format!("listed chunks that concatenate to {actual}"),
+        )
     }
 }
 

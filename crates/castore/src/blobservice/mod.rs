@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncSeek};
 
 use crate::{B3Digest, Error};
 
+pub mod chunked;
 pub mod chunker;
 mod ingest;
 mod memory;

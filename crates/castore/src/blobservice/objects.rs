@@ -30,21 +30,17 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
-use tokio::task::JoinHandle;
 
+use super::chunked::{ChunkSource, ChunkedReader};
 use super::chunker;
 use super::ingest::{fill, has_more, FileIngestError, READ_PIECE};
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
@@ -974,7 +970,7 @@ impl BlobService for ObjectsBlobService {
             None => None,
             Some(Ok(whole)) => Some(Box::new(io::Cursor::new(whole))),
             Some(Err(list)) => Some(Box::new(ChunkedReader::new(
-                self.inner.clone(),
+                PackChunks(self.inner.clone()),
                 *digest,
                 list,
             ))),
@@ -1227,157 +1223,19 @@ impl BlobWriter for ObjectsBlobWriter {
     }
 }
 
-type ChunkLoad = JoinHandle<Result<Option<Bytes>, Error>>;
+/// Chunks of this object directory, for [`ChunkedReader`].
+struct PackChunks(Arc<Inner>);
 
-/// Reads a chunked blob, loading (and verifying) one chunk at a time, with
-/// the next one prefetched. A read from start to end also checks the
-/// whole blob's digest.
-struct ChunkedReader {
-    inner: Arc<Inner>,
-    digest: B3Digest,
-    chunks: Vec<ChunkMeta>,
-    starts: Vec<u64>,
-    size: u64,
-    pos: u64,
-    current: Option<(usize, Bytes)>,
-    pending: Option<(usize, ChunkLoad)>,
-    whole: Option<blake3::Hasher>,
-    whole_upto: u64,
-}
-
-impl ChunkedReader {
-    fn new(inner: Arc<Inner>, digest: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
-        let mut starts = Vec::with_capacity(chunks.len());
-        let mut size = 0u64;
-        for c in &chunks {
-            starts.push(size);
-            size = size.saturating_add(c.size);
-        }
-        ChunkedReader {
-            inner,
-            digest,
-            chunks,
-            starts,
-            size,
-            pos: 0,
-            current: None,
-            pending: None,
-            whole: Some(blake3::Hasher::new()),
-            whole_upto: 0,
-        }
-    }
-
-    fn load(&self, idx: usize) -> ChunkLoad {
-        let inner = self.inner.clone();
-        let meta = self.chunks[idx];
-        tokio::task::spawn_blocking(move || inner.read_chunk(&meta.digest))
-    }
-
-    fn chunk_index(&self, pos: u64) -> usize {
-        self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
-    }
-}
-
-impl AsyncRead for ChunkedReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if this.pos >= this.size || out.remaining() == 0 {
-                if this.pos >= this.size && this.whole_upto == this.size {
-                    if let Some(h) = this.whole.take() {
-                        let actual = B3Digest::from(h.finalize());
-                        if actual != this.digest {
-                            return Poll::Ready(Err(Error::Integrity {
-                                digest: this.digest,
-                                detail: format!("chunks concatenate to {actual}"),
-                            }
-                            .into_io()));
-                        }
-                    }
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let idx = this.chunk_index(this.pos);
-            if let Some((i, data)) = &this.current {
-                if *i == idx {
-                    let meta = this.chunks[idx];
-                    if data.len() as u64 != meta.size {
-                        return Poll::Ready(Err(Error::Integrity {
-                            digest: this.digest,
-                            detail: format!(
-                                "chunk {} has {} bytes, list says {}",
-                                meta.digest,
-                                data.len(),
-                                meta.size
-                            ),
-                        }
-                        .into_io()));
-                    }
-                    let off = (this.pos - this.starts[idx]) as usize;
-                    let n = (data.len() - off).min(out.remaining());
-                    let piece = &data[off..off + n];
-                    out.put_slice(piece);
-                    if this.whole_upto == this.pos {
-                        if let Some(h) = this.whole.as_mut() {
-                            h.update(piece);
-                            this.whole_upto += n as u64;
-                        }
-                    }
-                    this.pos += n as u64;
-                    if this.pending.is_none() && idx + 1 < this.chunks.len() {
-                        this.pending = Some((idx + 1, this.load(idx + 1)));
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            match &mut this.pending {
-                Some((i, handle)) if *i == idx => {
-                    let loaded = match Pin::new(handle).poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(r) => r,
-                    };
-                    this.pending = None;
-                    let meta = this.chunks[idx];
-                    let data = loaded
-                        .map_err(|e| io::Error::other(format!("chunk loader failed: {e}")))?
-                        .map_err(Error::into_io)?
-                        .ok_or_else(|| {
-                            Error::NotFound {
-                                what: "chunk",
-                                digest: meta.digest,
-                            }
-                            .into_io()
-                        })?;
-                    this.current = Some((idx, data));
-                }
-                _ => this.pending = Some((idx, this.load(idx))),
-            }
-        }
-    }
-}
-
-impl AsyncSeek for ChunkedReader {
-    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        let target = match position {
-            io::SeekFrom::Start(n) => Some(n),
-            io::SeekFrom::End(off) => self.size.checked_add_signed(off),
-            io::SeekFrom::Current(off) => self.pos.checked_add_signed(off),
-        };
-        let target = target.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the blob",
-            )
-        })?;
-        self.pos = target;
-        Ok(())
-    }
-
-    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        Poll::Ready(Ok(self.pos))
+impl ChunkSource for PackChunks {
+    fn load(&self, chunk: ChunkMeta) -> futures::future::BoxFuture<'static, Result<Bytes, Error>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            blocking(move || inner.read_chunk(&chunk.digest))
+                .await?
+                .ok_or(Error::NotFound {
+                    what: "chunk",
+                    digest: chunk.digest,
+                })
+        })
     }
 }
