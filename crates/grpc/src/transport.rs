@@ -298,6 +298,72 @@ fn tune(e: Endpoint) -> Endpoint {
         .tcp_nodelay(true)
 }
 
+/// A server running in this process (see [`spawn`]).
+pub struct Running {
+    /// Where it listens (the port chosen, for `HOST:0`).
+    pub location: Location,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), TransportError>>,
+}
+
+impl Running {
+    /// The address clients use: `grpc+http://…` or `grpc+unix://…`.
+    pub fn addr(&self) -> String {
+        match &self.location {
+            Location::Tcp(a) => format!("grpc+http://{a}"),
+            Location::Unix(p) => format!("grpc+unix://{}", p.display()),
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish, and waits.
+    pub async fn stop(mut self) -> Result<(), TransportError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.map_err(|e| TransportError::Io {
+            location: self.location.to_string(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+/// Serves `services` at `location` on a task of the current runtime, and
+/// returns once it listens: for embedding a daemon in a process, and for
+/// tests. Dropping the handle leaves it running until the runtime ends.
+pub async fn spawn(services: Services, location: Location) -> Result<Running, TransportError> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let at = location.clone();
+    let task = tokio::spawn(async move {
+        serve(
+            services,
+            &at,
+            |bound| {
+                let _ = ready_tx.send(bound.clone());
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+    match ready_rx.await {
+        Ok(bound) => Ok(Running {
+            location: bound,
+            stop: Some(stop_tx),
+            task,
+        }),
+        // It stopped before listening: its error says why.
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(TransportError::Io {
+                location: location.to_string(),
+                source: std::io::Error::other("the server stopped before listening"),
+            }),
+        },
+    }
+}
+
 /// A client channel: requests renamed to the dialect's package on the way.
 pub type ClientChannel = RenamePackage<Channel>;
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use cairn_castore::blobservice::{put_bytes, read_to_vec};
 use cairn_castore::B3Digest;
 use cairn_grpc::server::Services;
-use cairn_grpc::transport::{serve, Location};
+use cairn_grpc::transport::{spawn, Location, Running};
 use cairn_store::nar_calc::CastoreNarCalculator;
 use cairn_testkit::pseudo_random_bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-/// A daemon on objects:// + redb:// in `root`; returns its grpc+http address.
-async fn daemon(root: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// A daemon on objects:// + redb:// in `root`.
+async fn daemon(root: &std::path::Path) -> Running {
     let r = root.display();
     let blobs =
         cairn_castore::addr::blob_service_from_addr(&format!("objects://{r}/objects")).unwrap();
@@ -28,30 +28,16 @@ async fn daemon(root: &std::path::Path) -> (String, tokio::sync::oneshot::Sender
             .unwrap();
     let calc = Arc::new(CastoreNarCalculator::new(blobs.clone(), dirs.clone()));
     let services = Services::new(blobs, dirs, path_infos, calc);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(
-            services,
-            &Location::Tcp("127.0.0.1:0".into()),
-            |at| {
-                let _ = ready_tx.send(at.to_string());
-            },
-            async {
-                let _ = stop_rx.await;
-            },
-        )
+    spawn(services, Location::Tcp("127.0.0.1:0".into()))
         .await
-        .unwrap();
-    });
-    (format!("grpc+http://{}", ready_rx.await.unwrap()), stop_tx)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_blob_streams_and_seeks() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, _stop) = daemon(dir.path()).await;
-    let blobs = cairn_grpc::addr::blob_service_from_addr(&addr).unwrap();
+    let server = daemon(dir.path()).await;
+    let blobs = cairn_grpc::addr::blob_service_from_addr(&server.addr()).unwrap();
     let data = pseudo_random_bytes(5, 5 * 1024 * 1024 + 17);
     let digest = put_bytes(blobs.as_ref(), &data).await.unwrap();
     assert_eq!(digest, B3Digest::of(&data));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cairn_castore::import::NoProgress;
 use cairn_grpc::server::Services;
-use cairn_grpc::transport::{serve, Location};
+use cairn_grpc::transport::{spawn, Location};
 use cairn_store::nar_calc::CastoreNarCalculator;
 use cairn_store::Store;
 use cairn_testkit::pseudo_random_bytes;
@@ -57,22 +57,10 @@ async fn thirty_two_clients_import_and_read_back() {
             server.dirs.clone(),
         )),
     );
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(async move {
-        serve(
-            services,
-            &Location::Tcp("127.0.0.1:0".into()),
-            |at| {
-                let _ = ready_tx.send(at.to_string());
-            },
-            async {
-                let _ = stop_rx.await;
-            },
-        )
+    let server_task = spawn(services, Location::Tcp("127.0.0.1:0".into()))
         .await
-    });
-    let addr = format!("grpc+http://{}", ready_rx.await.unwrap());
+        .unwrap();
+    let addr = server_task.addr();
 
     let started = Instant::now();
     let deadline = started + RUN_FOR;
@@ -127,8 +115,7 @@ async fn thirty_two_clients_import_and_read_back() {
         all.len() as f64 / elapsed,
         bytes as f64 / elapsed / 1e6
     );
-    let _ = stop_tx.send(());
-    serving.await.unwrap().unwrap();
+    server_task.stop().await.unwrap();
     // No path lost: every one is in the daemon's store.
     for p in &all {
         assert!(

@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut};
 use cairn_castore::import::NoProgress;
 use cairn_castore::{B3Digest, Node};
 use cairn_grpc::server::Services;
-use cairn_grpc::transport::{serve, Location};
+use cairn_grpc::transport::{spawn, Location, Running};
 use cairn_store::nar_calc::CastoreNarCalculator;
 use cairn_store::{PathInfo, Store};
 use http::uri::PathAndQuery;
@@ -63,7 +63,7 @@ struct Fixture {
     store: Store,
     info: PathInfo,
     addr: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: Running,
     _dir: tempfile::TempDir,
 }
 
@@ -91,28 +91,15 @@ async fn fixture() -> Fixture {
             store.dirs.clone(),
         )),
     );
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(
-            services,
-            &Location::Tcp("127.0.0.1:0".into()),
-            |at| {
-                let _ = ready_tx.send(at.to_string());
-            },
-            async {
-                let _ = stop_rx.await;
-            },
-        )
+    let running = spawn(services, Location::Tcp("127.0.0.1:0".into()))
         .await
         .unwrap();
-    });
-    let addr = ready_rx.await.unwrap();
+    let addr = running.location.to_string();
     Fixture {
         store,
         info,
         addr,
-        _stop: stop_tx,
+        _server: running,
         _dir: dir,
     }
 }
