@@ -107,14 +107,30 @@ impl ServiceArgs {
         Ok(base.join("cairn"))
     }
 
+    /// A cache with nothing remote to cache is a mistake worth saying.
+    fn check_cache(&self) -> Result<()> {
+        let remote = self.store_addr.is_some()
+            || self.blob_service_addr.is_some()
+            || self.directory_service_addr.is_some()
+            || self.path_info_service_addr.is_some();
+        if self.cache_dir.is_some() && !remote {
+            anyhow::bail!(
+                "--cache-dir caches a remote store: give it --store-addr (or a service address)"
+            );
+        }
+        Ok(())
+    }
+
     /// Opens the castore services the flags name.
     pub fn open(&self) -> Result<Services> {
+        self.check_cache()?;
         let data = self.data_dir_if_needed(false)?;
         self.open_castore(data.as_deref())
     }
 
     /// Opens all three services: a store.
     pub fn open_store(&self) -> Result<Store> {
+        self.check_cache()?;
         let data = self.data_dir_if_needed(true)?;
         let castore = self.open_castore(data.as_deref())?;
         let addr = match (&self.given(&self.path_info_service_addr), &data) {

@@ -267,12 +267,12 @@ fn copy_to_and_from_a_daemon_sends_only_what_is_missing() {
     }
     let said = copy(&local_s, &daemon.addr, &paths);
     assert!(
-        said.contains("copied 0 paths (2 already there): 0 blobs"),
+        said.contains("copied 0 paths (2 already there): 0 blobs, 0 bytes, 0 directories sent"),
         "{said}"
     );
     // And back, into a fresh data directory.
     let said = copy(&daemon.addr, &back.display().to_string(), &paths[..1]);
-    assert!(said.contains("copied 1 paths"), "{said}");
+    assert!(said.contains("copied 1 path (0 already there)"), "{said}");
     let nar = run_ok(
         cairn()
             .args(["export", "--data-dir"])

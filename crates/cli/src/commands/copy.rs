@@ -59,6 +59,15 @@ impl CopyProgress for Bar {
     }
 }
 
+/// "1 path", "2 paths", "0 directories".
+fn count(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 pub fn run(a: CopyArgs) -> Result<()> {
     if a.from.is_none() && a.to.is_none() {
         bail!("give --from, --to or both (the other defaults to the default data directory)");
@@ -96,12 +105,12 @@ pub fn run(a: CopyArgs) -> Result<()> {
             b.finish_and_clear();
         }
         eprintln!(
-            "copied {} paths ({} already there): {} blobs, {} bytes, {} directories sent",
-            summary.copied,
+            "copied {} ({} already there): {}, {} bytes, {} sent",
+            count(summary.copied, "path"),
             summary.present,
-            summary.blobs_sent,
+            count(summary.blobs_sent, "blob"),
             summary.bytes_sent,
-            summary.directories_sent
+            count(summary.directories_sent, "directory")
         );
         Ok(())
     })
