@@ -28,6 +28,9 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    #[command(flatten)]
+    leading: services::LeadingServiceArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -106,7 +109,16 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Service flags given before the subcommand reach it as environment
+    // variables, the defaults of its own flags; then parse again.
+    let leading = cli.leading.as_env();
+    if !leading.is_empty() {
+        for (k, v) in leading {
+            std::env::set_var(k, v);
+        }
+        cli = Cli::parse();
+    }
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Import(a) => commands::store::import(a),

@@ -33,21 +33,77 @@ pub struct ServiceArgs {
 
     /// Blob service address, e.g. memory://, objects:///srv/cairn/objects?compression=zstd
     /// or grpc+http://127.0.0.1:8000 [default: objects://DATA_DIR/objects]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "CAIRN_BLOB_SERVICE_ADDR", value_name = "ADDR")]
     pub blob_service_addr: Option<String>,
 
     /// Directory service address, e.g. memory://, redb:///srv/cairn/castore.redb
     /// or grpc+unix:///run/cairn.sock
     /// (append ?size-rule=tvix-compat when creating a store that exchanges
     /// directories with tvix/snix) [default: redb://DATA_DIR/castore.redb]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "CAIRN_DIRECTORY_SERVICE_ADDR", value_name = "ADDR")]
     pub directory_service_addr: Option<String>,
 
     /// PathInfo service address, e.g. memory://, redb:///srv/cairn/pathinfo.redb
     /// or grpc+http://127.0.0.1:8000
     /// (ignored by `cairn castore` commands) [default: redb://DATA_DIR/pathinfo.redb]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "CAIRN_PATH_INFO_SERVICE_ADDR", value_name = "ADDR")]
     pub path_info_service_addr: Option<String>,
+}
+
+/// The same flags before the subcommand (`cairn --data-dir D import P`):
+/// they apply to whichever subcommand follows, which may still override
+/// them with its own. Kept apart from [`ServiceArgs`] so the subcommands'
+/// help stays theirs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LeadingServiceArgs {
+    /// The data directory of the embedded store, for the subcommand that follows
+    #[arg(long = "data-dir", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// One `cairn daemon` for all three services, for the subcommand that follows
+    #[arg(long = "store-addr", value_name = "ADDR")]
+    store_addr: Option<String>,
+    /// A local cache of the remote store, for the subcommand that follows
+    #[arg(long = "cache-dir", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The blob service address, for the subcommand that follows
+    #[arg(long = "blob-service-addr", value_name = "ADDR")]
+    blob_service_addr: Option<String>,
+    /// The directory service address, for the subcommand that follows
+    #[arg(long = "directory-service-addr", value_name = "ADDR")]
+    directory_service_addr: Option<String>,
+    /// The PathInfo service address, for the subcommand that follows
+    #[arg(long = "path-info-service-addr", value_name = "ADDR")]
+    path_info_service_addr: Option<String>,
+}
+
+impl LeadingServiceArgs {
+    /// The environment variables that carry these flags to the subcommand:
+    /// each subcommand's flags read them as their defaults, so a flag given
+    /// after the subcommand still wins.
+    pub fn as_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let mut out = Vec::new();
+        let mut put = |k: &'static str, v: Option<std::ffi::OsString>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put("CAIRN_DATA_DIR", self.data_dir.clone().map(Into::into));
+        put("CAIRN_STORE_ADDR", self.store_addr.clone().map(Into::into));
+        put("CAIRN_CACHE_DIR", self.cache_dir.clone().map(Into::into));
+        put(
+            "CAIRN_BLOB_SERVICE_ADDR",
+            self.blob_service_addr.clone().map(Into::into),
+        );
+        put(
+            "CAIRN_DIRECTORY_SERVICE_ADDR",
+            self.directory_service_addr.clone().map(Into::into),
+        );
+        put(
+            "CAIRN_PATH_INFO_SERVICE_ADDR",
+            self.path_info_service_addr.clone().map(Into::into),
+        );
+        out
+    }
 }
 
 /// The opened castore services.

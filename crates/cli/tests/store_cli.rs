@@ -625,3 +625,42 @@ fn killed_store_imports_leave_no_path_and_a_sound_store() {
     run_ok(env.cairn().args(["gc", "--yes", "--grace-minutes", "0"]));
     assert!(run_ok(env.cairn().args(["export", &path])) == nar);
 }
+
+#[test]
+fn service_flags_work_before_the_subcommand_too() {
+    let env = Env::new();
+    let data = env.path("leading");
+    let tree = env.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"leading flags\n").unwrap();
+    let bare = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env_remove("CAIRN_DATA_DIR");
+        c
+    };
+    let path = String::from_utf8(run_ok(
+        bare().arg("--data-dir").arg(&data).arg("import").arg(&tree),
+    ))
+    .unwrap()
+    .trim()
+    .to_owned();
+    // The same store, named after the subcommand this time.
+    let info = run_ok(
+        bare()
+            .args(["path-info", "--data-dir"])
+            .arg(&data)
+            .arg(&path),
+    );
+    assert!(String::from_utf8(info).unwrap().contains(&path));
+    // A flag after the subcommand wins over one before it.
+    let other = env.path("other");
+    let out = bare()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["path-info", "--data-dir"])
+        .arg(&other)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the other store is empty");
+}
