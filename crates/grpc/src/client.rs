@@ -150,7 +150,68 @@ impl GrpcBlobService {
         }
         Ok(Some(data.freeze()))
     }
+
+    /// `Read` of a whole blob, verified before anything is returned: kept
+    /// in memory up to [`SPILL_AFTER`] bytes, in an unnamed temporary file
+    /// beyond, so memory stays bounded whatever the blob's size.
+    async fn read_spilling(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let req = cproto::ReadBlobRequest {
+            digest: (*digest).into(),
+        };
+        let mut stream = match self.client()?.read(req).await {
+            Ok(resp) => resp.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(remote(&self.peer, "read", &s)),
+        };
+        let mut data = BytesMut::new();
+        let mut spilled: Option<tokio::fs::File> = None;
+        let mut hasher = blake3::Hasher::new();
+        loop {
+            let piece = match stream.message().await {
+                Ok(Some(piece)) => piece.data,
+                Ok(None) => break,
+                Err(s) if s.code() == Code::NotFound => return Ok(None),
+                Err(s) => return Err(remote(&self.peer, "read", &s)),
+            };
+            hasher.update(&piece);
+            match spilled.as_mut() {
+                Some(file) => file.write_all(&piece).await?,
+                None if data.len() + piece.len() > SPILL_AFTER => {
+                    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+                        .await
+                        .map_err(|e| Error::Storage(format!("temporary file: {e}")))??;
+                    let mut file = tokio::fs::File::from_std(file);
+                    file.write_all(&data).await?;
+                    file.write_all(&piece).await?;
+                    data = BytesMut::new();
+                    spilled = Some(file);
+                }
+                None => data.extend_from_slice(&piece),
+            }
+        }
+        let actual = B3Digest::from(hasher.finalize());
+        if actual != *digest {
+            return Err(lied(
+                &self.peer,
+                *digest,
+                format!("sent bytes that hash to {actual}"),
+            ));
+        }
+        Ok(Some(match spilled {
+            Some(mut file) => {
+                file.flush().await?;
+                file.seek(io::SeekFrom::Start(0)).await?;
+                Box::new(file)
+            }
+            None => Box::new(io::Cursor::new(data.freeze())),
+        }))
+    }
 }
+
+/// An unchunked remote blob above this size is verified in a temporary
+/// file rather than in memory.
+const SPILL_AFTER: usize = 16 * 1024 * 1024;
 
 #[async_trait]
 impl BlobService for GrpcBlobService {
@@ -259,12 +320,11 @@ impl BlobService for GrpcBlobService {
             return Ok(None);
         };
         if chunks.is_empty() {
-            // No finer chunks: the only way to verify before returning is
-            // to read it whole (Cairn daemons chunk every blob over 1 MiB).
-            return Ok(self
-                .read_verified(digest, u64::MAX)
-                .await?
-                .map(|data| Box::new(io::Cursor::new(data)) as Box<dyn BlobReader>));
+            // No finer chunks (Cairn daemons chunk every blob over 1 MiB,
+            // other stores may not): the only way to verify before
+            // returning is to read it all, in memory while small, else in
+            // an unnamed temporary file.
+            return self.read_spilling(digest).await;
         }
         // Chunk by chunk, one ahead: memory is two chunks, not the blob.
         let source = RemoteChunks {

@@ -68,3 +68,36 @@ async fn a_chunked_blob_streams_and_seeks() {
         .unwrap();
     assert!(many[0].is_some() && many[1].is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_unchunked_blob_is_verified_in_a_temporary_file() {
+    // memory:// stores blobs whole: the daemon lists no chunks, so the
+    // client must read all 20 MiB before returning any, without holding
+    // them in memory.
+    let blobs_backend = cairn_castore::addr::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::addr::directory_service_from_addr("memory://").unwrap();
+    let path_infos = cairn_store::addr::path_info_service_from_addr("memory://").unwrap();
+    let calc = Arc::new(CastoreNarCalculator::new(
+        blobs_backend.clone(),
+        dirs.clone(),
+    ));
+    let server = spawn(
+        Services::new(blobs_backend, dirs, path_infos, calc),
+        Location::Tcp("127.0.0.1:0".into()),
+    )
+    .await
+    .unwrap();
+    let blobs = cairn_grpc::addr::blob_service_from_addr(&server.addr()).unwrap();
+    let data = pseudo_random_bytes(20, 20 * 1024 * 1024 + 3);
+    let digest = put_bytes(blobs.as_ref(), &data).await.unwrap();
+    assert_eq!(blobs.chunks(&digest).await.unwrap(), Some(vec![]));
+    let mut r = blobs.open_read(&digest).await.unwrap().unwrap();
+    r.seek(SeekFrom::Start(19 * 1024 * 1024)).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf[..], &data[19 * 1024 * 1024..19 * 1024 * 1024 + 4096]);
+    r.seek(SeekFrom::Start(0)).await.unwrap();
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).await.unwrap();
+    assert!(all == data);
+}
