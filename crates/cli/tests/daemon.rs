@@ -166,6 +166,17 @@ fn a_unix_socket_daemon_serves_every_command() {
     let dest = scratch.path().join("exported");
     run_ok(daemon.client().args(["export", &path, "--to"]).arg(&dest));
     assert!(reference_nar(&dest) == reference_nar(&tree));
+    // A second daemon on the same socket is refused, not let to steal it.
+    let second = cairn()
+        .args(["daemon", "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--data-dir")
+        .arg(scratch.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another daemon is listening"), "{err}");
     assert!(daemon.stop().success());
     assert!(!socket.exists(), "the socket outlived the daemon");
 }

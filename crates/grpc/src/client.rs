@@ -209,19 +209,10 @@ impl GrpcBlobService {
     }
 }
 
-/// An unchunked remote blob above this size is verified in a temporary
-/// file rather than in memory.
-const SPILL_AFTER: usize = 16 * 1024 * 1024;
-
-#[async_trait]
-impl BlobService for GrpcBlobService {
-    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        Ok(self.stat(digest).await?.is_some())
-    }
-
+impl GrpcBlobService {
     /// One round trip when the peer offers Cairn's batch extension,
     /// one `Stat` each otherwise.
-    async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+    async fn missing_part(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
         let req = Digests {
             digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
         };
@@ -250,6 +241,34 @@ impl BlobService for GrpcBlobService {
             }
             Err(s) => Err(remote(&self.peer, "missing blobs", &s)),
         }
+    }
+}
+
+/// What `read_many` accepts for a blob asked for without a size.
+const UNSIZED_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Digests per `MissingBlobs` call (the daemon takes up to 100,000).
+const MISSING_PER_CALL: usize = 50_000;
+
+/// An unchunked remote blob above this size is verified in a temporary
+/// file rather than in memory.
+const SPILL_AFTER: usize = 16 * 1024 * 1024;
+
+#[async_trait]
+impl BlobService for GrpcBlobService {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        Ok(self.stat(digest).await?.is_some())
+    }
+
+    /// One round trip when the peer offers Cairn's batch extension,
+    /// one `Stat` each otherwise.
+    async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        let mut out = Vec::new();
+        // The daemon answers at most 100,000 per question.
+        for part in digests.chunks(MISSING_PER_CALL) {
+            out.extend(self.missing_part(part).await?);
+        }
+        Ok(out)
     }
 
     async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
@@ -390,10 +409,13 @@ impl BlobService for GrpcBlobService {
             Err(s) => return Err(remote(&self.peer, "read blobs", &s)),
         }
         let this = self.clone();
-        futures::stream::iter(digests)
-            .map(move |d| {
+        futures::stream::iter(wanted.to_vec())
+            .map(move |(d, size)| {
                 let this = this.clone();
-                async move { this.read_verified(&d, u64::MAX).await }
+                // The caller's size bounds what a peer may send (a size
+                // of 0 is no hint: then a small blob's bound).
+                let limit = if size > 0 { size } else { UNSIZED_LIMIT };
+                async move { this.read_verified(&d, limit).await }
             })
             .buffered(8)
             .collect::<Vec<_>>()
@@ -450,6 +472,15 @@ struct GrpcBlobWriter {
     hasher: blake3::Hasher,
     /// Bytes gathered into pieces of [`BLOB_PIECE`].
     pending: BytesMut,
+}
+
+impl Drop for GrpcBlobWriter {
+    /// A writer dropped unclosed must not end the upload cleanly (the
+    /// daemon would store the partial blob): the call is aborted, which
+    /// resets the stream. After `close` the call has finished already.
+    fn drop(&mut self) {
+        self.call.abort();
+    }
 }
 
 impl GrpcBlobWriter {

@@ -404,6 +404,9 @@ impl path_info_service_server::PathInfoService for PathInfoHandler {
     }
 }
 
+/// The largest blob `ReadBlobs` sends (one message, with room to spare).
+const MAX_BATCH_BLOB: u64 = (MAX_MESSAGE - 1024) as u64;
+
 /// Blobs put per backend call by `PutBlobs`, at most (and bytes).
 const PUT_BATCH_BLOBS: usize = 128;
 const PUT_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -475,6 +478,23 @@ impl batch_service_server::BatchService for BatchHandler {
             // Backend batches: read_many holds each batch in memory. Sizes
             // are unknown here (0: only a hint to the backend).
             for group in wanted.chunks(PUT_BATCH_BLOBS) {
+                // Refuse blobs too large for one message before reading
+                // any: read_many holds what it reads in memory.
+                for d in group {
+                    let too_large = match blobs.chunks(d).await {
+                        Ok(Some(list)) => list.iter().map(|c| c.size).sum::<u64>() > MAX_BATCH_BLOB,
+                        Ok(None) => false,
+                        Err(e) => {
+                            let _ = tx.send(Err(status_of(e))).await;
+                            return;
+                        }
+                    };
+                    if too_large {
+                        let msg = format!("blob {d} is too large for ReadBlobs; use Read");
+                        let _ = tx.send(Err(Status::resource_exhausted(msg))).await;
+                        return;
+                    }
+                }
                 let asked: Vec<(B3Digest, u64)> = group.iter().map(|d| (*d, 0)).collect();
                 let found = match blobs.read_many(&asked).await {
                     Ok(f) => f,
@@ -485,7 +505,7 @@ impl batch_service_server::BatchService for BatchHandler {
                 };
                 for blob in found {
                     let msg = match blob {
-                        Some(data) if data.len() > MAX_MESSAGE - 1024 => Err(
+                        Some(data) if data.len() as u64 > MAX_BATCH_BLOB => Err(
                             Status::resource_exhausted("a blob too large for ReadBlobs; use Read"),
                         ),
                         Some(data) => Ok(WholeBlob {

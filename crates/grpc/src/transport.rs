@@ -265,16 +265,10 @@ pub async fn serve(
                 .map_err(failed)
         }
         Location::Unix(path) => {
-            match std::fs::remove_file(path) {
-                Ok(()) => tracing::info!("replacing stale socket {}", path.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(TransportError::Io {
-                        location: location.to_string(),
-                        source,
-                    })
-                }
-            }
+            remove_stale_socket(path).map_err(|source| TransportError::Io {
+                location: location.to_string(),
+                source,
+            })?;
             let listener =
                 tokio::net::UnixListener::bind(path).map_err(|source| TransportError::Io {
                     location: location.to_string(),
@@ -296,6 +290,32 @@ fn tune(e: Endpoint) -> Endpoint {
     e.initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true)
+}
+
+/// Removes a socket file left by a daemon that is gone. Anything else at
+/// `path` (a live daemon's socket, a file that is not a socket) is an
+/// error, not something to delete.
+fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a socket; not replacing it",
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon is listening on this socket",
+        ));
+    }
+    tracing::info!("replacing stale socket {}", path.display());
+    std::fs::remove_file(path)
 }
 
 /// A server running in this process (see [`spawn`]).

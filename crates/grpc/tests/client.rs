@@ -101,3 +101,22 @@ async fn a_large_unchunked_blob_is_verified_in_a_temporary_file() {
     r.read_to_end(&mut all).await.unwrap();
     assert!(all == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_dropped_unclosed_leaves_nothing_at_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = daemon(dir.path()).await;
+    let blobs = cairn_grpc::addr::blob_service_from_addr(&server.addr()).unwrap();
+    let data = pseudo_random_bytes(9, 3 * 1024 * 1024);
+    let mut w = blobs.open_write().await;
+    w.write(&data[..2 * 1024 * 1024]).await.unwrap();
+    drop(w);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Neither the whole nor the part written.
+    assert!(!blobs.has(&B3Digest::of(&data)).await.unwrap());
+    let part = B3Digest::of(&data[..2 * 1024 * 1024]);
+    assert!(
+        !blobs.has(&part).await.unwrap(),
+        "the partial upload was stored"
+    );
+}

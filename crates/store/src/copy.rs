@@ -138,10 +138,10 @@ async fn copy_tree(
         }
         Node::Directory { digest, .. } => *digest,
     };
-    // A closure is put whole, so a destination with the root has it all.
-    if to.dirs.get(&root).await?.is_some() {
-        return Ok(());
-    }
+    // A closure is put whole, so a destination with the root has every
+    // directory; but directories are accepted without their blobs, so
+    // the blobs are checked (one question) all the same.
+    let have_dirs = to.dirs.get(&root).await?.is_some();
     let closure: HashMap<B3Digest, Directory> = from
         .dirs
         .get_recursive(&root)
@@ -160,6 +160,9 @@ async fn copy_tree(
         }
     }
     copy_blobs(from, to, &files, summary, progress).await?;
+    if have_dirs {
+        return Ok(());
+    }
     let order = leaves_first(&root, &closure)?;
     let mut putter = to.dirs.put_multiple_start();
     for d in order {

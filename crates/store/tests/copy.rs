@@ -10,6 +10,7 @@ use cairn_castore::BlobService;
 use cairn_nix::StorePath;
 use cairn_store::copy::{closure_order, copy_paths, CopyProgress, NoCopyProgress};
 use cairn_store::{PathInfo, Store};
+use futures::StreamExt;
 
 fn memory_store() -> Store {
     Store {
@@ -172,4 +173,36 @@ async fn a_copy_that_fails_midway_leaves_no_path_at_the_destination() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_already_there_do_not_stop_the_blobs() {
+    let from = memory_store();
+    let a = add(&from, "0000000000000000000000000000000a-a", b"first", &[]).await;
+    let to = memory_store();
+    // The destination has the directories (they are accepted without
+    // their blobs) but not one blob.
+    let cairn_castore::Node::Directory { digest, .. } = a.node else {
+        panic!("a directory")
+    };
+    let closure: Vec<_> = from.dirs.get_recursive(&digest).collect().await;
+    let mut putter = to.dirs.put_multiple_start();
+    for d in closure.into_iter().rev() {
+        putter.put(d.unwrap()).await.unwrap();
+    }
+    putter.close().await.unwrap();
+    let s = copy_paths(
+        &from,
+        &to,
+        std::slice::from_ref(&a.store_path),
+        true,
+        &NoCopyProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s.copied, s.blobs_sent, s.directories_sent),
+        (1, 2, 0),
+        "{s:?}"
+    );
 }

@@ -287,6 +287,9 @@ struct Inner {
     flushing: Mutex<()>,
     /// Pack files open for reading.
     readers: Mutex<HashMap<u64, Arc<fs::File>>>,
+    /// Writers hold it shared, garbage collection exclusively: collection
+    /// must not see a pack half-written or a chunk reused mid-sweep.
+    writing: std::sync::RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -325,6 +328,7 @@ impl ObjectsBlobService {
                 state: Mutex::new(State::default()),
                 flushing: Mutex::new(()),
                 readers: Mutex::new(HashMap::new()),
+                writing: std::sync::RwLock::new(()),
             }),
         })
     }
@@ -405,9 +409,7 @@ impl Inner {
             };
             let offset = *len;
             *len += n;
-            let pack = pack.clone();
-            s.dirty.insert(pack.id, pack.clone());
-            (pack, offset)
+            (pack.clone(), offset)
         };
         write_all_at_vectored(&pack.file, parts, offset).map_err(|e| {
             Error::Storage(format!(
@@ -415,6 +417,10 @@ impl Inner {
                 self.pack_path(pack.id).display()
             ))
         })?;
+        // Dirty only once written, and before the caller lists the record:
+        // a flush that commits the entry then either syncs this pack or
+        // synced it after these bytes were written.
+        lock(&self.state).dirty.insert(pack.id, pack.clone());
         pack.start_writeback(offset + n);
         Ok((pack.id, offset))
     }
@@ -510,9 +516,24 @@ impl Inner {
             let dirty: Vec<Arc<Pack>> = s.dirty.drain().map(|(_, p)| p).collect();
             (batch, dirty, std::mem::take(&mut s.new_pack))
         };
-        let result = self.commit(&batch, &dirty, new_pack);
+        // A failed fdatasync is reported once: the pages it could not write
+        // may be gone, and a retry would "succeed" over the hole. The
+        // records of this batch are then given up, never indexed, and new
+        // records go to a new pack.
+        let synced = self.sync_packs(&dirty, new_pack);
+        let data_lost = synced.is_err();
+        let result = synced.and_then(|()| self.commit(&batch));
         let mut s = lock(&self.state);
         s.committing = None;
+        if data_lost {
+            s.current = None;
+            let lost = batch.chunks.len() + batch.lists.len();
+            return result.map_err(|e| {
+                Error::Storage(format!(
+                    "{e}; the {lost} objects written since the last sync are lost and were not indexed"
+                ))
+            });
+        }
         if result.is_err() {
             // Keep the entries (readable, and committed by a later flush)
             // and the packs still to sync.
@@ -534,7 +555,7 @@ impl Inner {
         result
     }
 
-    fn commit(&self, batch: &Pending, dirty: &[Arc<Pack>], new_pack: bool) -> Result<(), Error> {
+    fn sync_packs(&self, dirty: &[Arc<Pack>], new_pack: bool) -> Result<(), Error> {
         for pack in dirty {
             pack.file.sync_data().map_err(|e| {
                 Error::Storage(format!(
@@ -546,6 +567,10 @@ impl Inner {
         if new_pack {
             fs::File::open(self.root.join("packs"))?.sync_all()?;
         }
+        Ok(())
+    }
+
+    fn commit(&self, batch: &Pending) -> Result<(), Error> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -585,6 +610,7 @@ impl Inner {
 
     /// Writes a chunk whose digest the caller has already computed.
     fn write_chunk_as(&self, data: &[u8], digest: B3Digest) -> Result<ChunkMeta, Error> {
+        let _writing = self.writing.read().unwrap_or_else(|p| p.into_inner());
         let meta = ChunkMeta {
             digest,
             size: data.len() as u64,
@@ -612,6 +638,7 @@ impl Inner {
     /// Stores whole small blobs with one append for all of them: one
     /// `pwritev` of headers and bodies, the bodies not copied.
     fn write_whole_many(&self, blobs: &[(B3Digest, &[u8])]) -> Result<(), Error> {
+        let _writing = self.writing.read().unwrap_or_else(|p| p.into_inner());
         let mut records = Vec::new();
         let mut seen = HashSet::new();
         for (digest, data) in blobs {
@@ -744,6 +771,7 @@ impl Inner {
     }
 
     fn write_list(&self, digest: &B3Digest, chunks: &[ChunkMeta]) -> Result<(), Error> {
+        let _writing = self.writing.read().unwrap_or_else(|p| p.into_inner());
         self.add_pending([], Some((*digest, chunks.to_vec())))
     }
 
@@ -823,6 +851,9 @@ impl Inner {
         grace: Duration,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
+        // No writer of this process runs until the sweep and compaction
+        // are done (other processes are kept out by the index's lock).
+        let _alone = self.writing.write().unwrap_or_else(|p| p.into_inner());
         self.flush()?;
         let now = unix_now();
         let young = |t: u64| now.saturating_sub(t) < grace.as_secs();
@@ -884,8 +915,10 @@ impl Inner {
         let current = lock(&self.state).current.as_ref().map(|(p, _)| p.id);
         let mut moved = Vec::new();
         let mut emptied = Vec::new();
-        for entry in fs::read_dir(self.root.join("packs"))? {
-            let entry = entry?;
+        // Listed before anything is moved: packs that moving records opens
+        // are not candidates.
+        let listing = fs::read_dir(self.root.join("packs"))?.collect::<Result<Vec<_>, _>>()?;
+        for entry in listing {
             let name = entry.file_name();
             let Some(id) = name
                 .to_str()
