@@ -16,9 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::AsyncReadExt;
 
-use crate::blobservice::{BlobReader, BlobWriter, ChunkMeta};
+use crate::blobservice::{copy_blob, BlobReader, BlobWriter, ChunkMeta};
 use crate::directoryservice::{leaves_first, DirectoryPutter};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, SizeRule};
 
@@ -37,29 +36,13 @@ impl LayeredBlobService {
     /// Copies a blob from the remote into the local store; false if the
     /// remote does not have it either.
     async fn fill(&self, digest: &B3Digest) -> Result<bool, Error> {
-        let Some(mut reader) = self.remote.open_read(digest).await? else {
-            return Ok(false);
-        };
-        let mut writer = self.local.open_write().await;
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            // An error here (the remote's reader failing verification)
-            // drops the writer unclosed: nothing becomes visible.
-            let n = reader.read(&mut buf).await.map_err(Error::from_io)?;
-            if n == 0 {
-                break;
-            }
-            writer.write(&buf[..n]).await?;
+        let filled = copy_blob(self.remote.as_ref(), self.local.as_ref(), digest, |_| {})
+            .await?
+            .is_some();
+        if filled {
+            tracing::debug!(%digest, "blob filled from the remote");
         }
-        let stored = writer.close().await?;
-        if stored != *digest {
-            return Err(Error::Integrity {
-                digest: *digest,
-                detail: format!("the remote's bytes hash to {stored}"),
-            });
-        }
-        tracing::debug!(%digest, "blob filled from the remote");
-        Ok(true)
+        Ok(filled)
     }
 }
 

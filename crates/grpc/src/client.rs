@@ -277,17 +277,16 @@ impl BlobService for GrpcBlobService {
         let digests: Vec<B3Digest> = blobs.iter().map(|b| B3Digest::of(b)).collect();
         let missing: HashSet<B3Digest> = self.missing(&digests).await?.into_iter().collect();
         let mut sent = HashSet::new();
-        let uploads: Vec<Bytes> = digests
+        let (expected, uploads): (Vec<B3Digest>, Vec<Bytes>) = digests
             .iter()
+            .copied()
             .zip(blobs)
-            .filter(|(d, _)| missing.contains(d) && sent.insert(**d))
-            .map(|(_, data)| data)
-            .collect();
+            .filter(|(d, _)| missing.contains(d) && sent.insert(*d))
+            .unzip();
         if uploads.is_empty() {
             return Ok(digests);
         }
         // One PutBlobs call for the batch, where the peer has it.
-        let expected: Vec<B3Digest> = uploads.iter().map(|b| B3Digest::of(b)).collect();
         let messages: Vec<WholeBlob> = uploads
             .iter()
             .map(|data| WholeBlob {

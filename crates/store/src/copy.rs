@@ -10,11 +10,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use cairn_castore::blobservice::copy_blob;
 use cairn_castore::directoryservice::leaves_first;
 use cairn_castore::{B3Digest, Directory, Node};
 use cairn_nix::store_path::StorePath;
 use futures::TryStreamExt;
-use tokio::io::AsyncReadExt;
 
 use crate::store::{Store, StoreError};
 use crate::PathInfo;
@@ -191,38 +191,15 @@ async fn copy_blobs(
 ) -> Result<(), StoreError> {
     let digests: Vec<B3Digest> = blobs.iter().map(|(d, _)| *d).collect();
     let missing = to.blobs.missing(&digests).await?;
-    let mut buf = vec![0u8; 1024 * 1024];
     for d in missing {
-        let mut reader = from
-            .blobs
-            .open_read(&d)
-            .await?
-            .ok_or(cairn_castore::Error::NotFound {
-                what: "blob",
-                digest: d,
-            })?;
-        let mut writer = to.blobs.open_write().await;
-        let mut sent = 0u64;
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(cairn_castore::Error::from_io)?;
-            if n == 0 {
-                break;
-            }
-            writer.write(&buf[..n]).await?;
-            sent += n as u64;
-            progress.bytes_sent(n as u64);
-        }
-        let stored = writer.close().await?;
-        if stored != d {
-            return Err(cairn_castore::Error::Integrity {
-                digest: d,
-                detail: format!("sent bytes that the destination named {stored}"),
-            }
-            .into());
-        }
+        let sent = copy_blob(from.blobs.as_ref(), to.blobs.as_ref(), &d, |n| {
+            progress.bytes_sent(n)
+        })
+        .await?
+        .ok_or(cairn_castore::Error::NotFound {
+            what: "blob",
+            digest: d,
+        })?;
         summary.blobs_sent += 1;
         summary.bytes_sent += sent;
     }

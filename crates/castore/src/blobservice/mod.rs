@@ -173,5 +173,42 @@ pub async fn read_to_vec(
     Ok(Some(out))
 }
 
+/// Copies blob `digest` from `from` into `to`, streaming, and returns its
+/// size; `None` if `from` does not have it. `sent` is told of every piece.
+/// The writer is closed only after the whole read succeeded (a reader that
+/// fails verification drops it unclosed, so nothing becomes visible), and
+/// the digest `to` names must be `digest`.
+pub async fn copy_blob(
+    from: &(impl BlobService + ?Sized),
+    to: &(impl BlobService + ?Sized),
+    digest: &B3Digest,
+    mut sent: impl FnMut(u64) + Send,
+) -> Result<Option<u64>, Error> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut reader) = from.open_read(digest).await? else {
+        return Ok(None);
+    };
+    let mut writer = to.open_write().await;
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await.map_err(Error::from_io)?;
+        if n == 0 {
+            break;
+        }
+        writer.write(&buf[..n]).await?;
+        total += n as u64;
+        sent(n as u64);
+    }
+    let stored = writer.close().await?;
+    if stored != *digest {
+        return Err(Error::Integrity {
+            digest: *digest,
+            detail: format!("copied bytes that hash to {stored}"),
+        });
+    }
+    Ok(Some(total))
+}
+
 /// Blob services are shared between tasks.
 pub type SharedBlobService = Arc<dyn BlobService>;
