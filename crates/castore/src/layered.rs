@@ -18,7 +18,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::blobservice::{copy_blob, BlobReader, BlobWriter, ChunkMeta};
-use crate::directoryservice::{leaves_first, DirectoryPutter};
+use crate::directoryservice::{put_closure_map, DirectoryPutter};
 use crate::{B3Digest, BlobService, Directory, DirectoryService, Error, SizeRule};
 
 /// Blobs: local first, filled from the remote on a miss.
@@ -157,19 +157,8 @@ impl LayeredDirectoryService {
             }
         }
         drop(stream);
-        let order = leaves_first(root, &closure)?;
-        let mut putter = self.local.put_multiple_start();
-        for d in order {
-            putter.put(d).await?;
-        }
-        let committed = putter.close().await?;
-        if committed != *root {
-            return Err(Error::Integrity {
-                digest: *root,
-                detail: format!("the remote's closure has root {committed}"),
-            });
-        }
-        tracing::debug!(%root, directories = closure.len(), "closure filled from the remote");
+        let n = put_closure_map(self.local.as_ref(), root, &closure).await?;
+        tracing::debug!(%root, directories = n, "closure filled from the remote");
         Ok(true)
     }
 }

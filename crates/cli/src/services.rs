@@ -189,11 +189,11 @@ impl ServiceArgs {
         self.check_cache()?;
         let data = self.data_dir_if_needed(true)?;
         let castore = self.open_castore(data.as_deref())?;
+        let pathinfo =
+            |d: &std::path::Path| format!("redb://{}", d.join("pathinfo.redb").display());
         let addr = match (&self.given(&self.path_info_service_addr), &data) {
-            (Some(a), _) => self.cached(a.clone(), |d| {
-                format!("redb://{}", d.join("pathinfo.redb").display())
-            })?,
-            (None, Some(d)) => format!("redb://{}", d.join("pathinfo.redb").display()),
+            (Some(a), _) => self.cached(a.clone(), pathinfo)?,
+            (None, Some(d)) => pathinfo(d),
             (None, None) => anyhow::bail!("no path info service address and no data directory"),
         };
         tracing::debug!(path_info_addr = %addr, "opening path info service");
@@ -218,21 +218,15 @@ impl ServiceArgs {
     }
 
     fn open_castore(&self, data: Option<&std::path::Path>) -> Result<Services> {
-        let addr =
-            |given: &Option<String>, default: &dyn Fn(&std::path::Path) -> String| -> String {
-                given
-                    .clone()
-                    .unwrap_or_else(|| data.map(default).unwrap_or_default())
-            };
         let objects = |d: &std::path::Path| format!("objects://{}", d.join("objects").display());
         let castore = |d: &std::path::Path| format!("redb://{}", d.join("castore.redb").display());
         let blob_addr = match self.given(&self.blob_service_addr) {
             Some(remote) => self.cached(remote, objects)?,
-            None => addr(&None, &objects),
+            None => data.map(objects).unwrap_or_default(),
         };
         let dir_addr = match self.given(&self.directory_service_addr) {
             Some(remote) => self.cached(remote, castore)?,
-            None => addr(&None, &castore),
+            None => data.map(castore).unwrap_or_default(),
         };
         tracing::debug!(%blob_addr, %dir_addr, "opening services");
         Ok(Services {

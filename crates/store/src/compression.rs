@@ -124,11 +124,11 @@ macro_rules! multi_member {
 multi_member!(XzDecoder, ZstdDecoder, BzDecoder, GzipDecoder);
 
 /// Decodes `input` after recognising its compression from its first bytes
-/// (a plain NAR passes through). Returns the compression found.
+/// (a plain NAR passes through).
 pub async fn sniffing_decoder<R: AsyncBufRead + Unpin + Send + 'static>(
     mut input: R,
-) -> std::io::Result<(Compression, Box<dyn AsyncRead + Unpin + Send>)> {
+) -> std::io::Result<Box<dyn AsyncRead + Unpin + Send>> {
     let head = input.fill_buf().await?;
     let found = Compression::sniff(head).unwrap_or(Compression::None);
-    Ok((found, decoder(input, found)))
+    Ok(decoder(input, found))
 }

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use cairn_castore::blobservice::copy_blob;
-use cairn_castore::directoryservice::leaves_first;
+use cairn_castore::directoryservice::put_closure_map;
 use cairn_castore::{B3Digest, Directory, Node};
 use cairn_nix::store_path::StorePath;
 use futures::TryStreamExt;
@@ -163,20 +163,7 @@ async fn copy_tree(
     if have_dirs {
         return Ok(());
     }
-    let order = leaves_first(&root, &closure)?;
-    let mut putter = to.dirs.put_multiple_start();
-    for d in order {
-        putter.put(d).await?;
-        summary.directories_sent += 1;
-    }
-    let committed = putter.close().await?;
-    if committed != root {
-        return Err(cairn_castore::Error::Integrity {
-            digest: root,
-            detail: format!("the destination stored the closure as {committed}"),
-        }
-        .into());
-    }
+    summary.directories_sent += put_closure_map(to.dirs.as_ref(), &root, &closure).await? as u64;
     Ok(())
 }
 

@@ -268,6 +268,9 @@ impl<W: AsyncWrite + Unpin + Send> NarSink for WriterSink<W> {
     }
 }
 
+/// An unchunked blob up to this size is read whole rather than streamed.
+const WHOLE_READ_MAX: u64 = 1024 * 1024;
+
 /// Blobs up to this size are read whole, in batches.
 const SMALL_BLOB: u64 = 256 * 1024;
 /// A batch of small blobs holds at most this many bytes, or blobs.
@@ -342,8 +345,21 @@ async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, Rend
     match unit {
         FetchUnit::Large((digest, size, within)) => {
             let chunks = blobs.chunks(&digest).await?.unwrap_or_default();
-            let blob = if chunks.is_empty() {
-                // Stored whole (or a backend that does not chunk): a reader.
+            let blob = if chunks.is_empty() && size <= WHOLE_READ_MAX {
+                // Stored whole and small enough to hold: one read, not a
+                // second lookup through a reader.
+                let data = blobs
+                    .read_many(&[(digest, size)])
+                    .await?
+                    .pop()
+                    .flatten()
+                    .ok_or(cairn_castore::Error::NotFound {
+                        what: "blob",
+                        digest,
+                    })?;
+                FetchedBlob::Whole(data, digest, size, within)
+            } else if chunks.is_empty() {
+                // Stored whole and large (a backend that does not chunk).
                 FetchedBlob::Reader(open_at(blobs, digest, size, within).await?)
             } else {
                 FetchedBlob::Chunked(ChunkedBlob {

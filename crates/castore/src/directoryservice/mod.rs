@@ -115,6 +115,26 @@ pub fn leaves_first(
     Ok(out)
 }
 
+/// Puts a closure held as a map (in any order) into `service`, leaves
+/// first, and checks that it commits as `root`; returns how many
+/// directories it put.
+pub async fn put_closure_map(
+    service: &dyn DirectoryService,
+    root: &B3Digest,
+    closure: &HashMap<B3Digest, Directory>,
+) -> Result<usize, Error> {
+    let order = leaves_first(root, closure)?;
+    let n = order.len();
+    let committed = put_closure(service, order).await?;
+    if committed != *root {
+        return Err(Error::Integrity {
+            digest: *root,
+            detail: format!("the closure was stored as {committed}"),
+        });
+    }
+    Ok(n)
+}
+
 /// Directory services are shared between tasks.
 pub type SharedDirectoryService = Arc<dyn DirectoryService>;
 

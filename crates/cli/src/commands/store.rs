@@ -239,7 +239,7 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
                 let name = a.name.as_deref().context("--name or --narinfo is required")?;
                 let file = a.nar.clone().unwrap_or_else(|| PathBuf::from("-"));
                 let input = open_input(&file, bar.clone())?;
-                let (_, nar) = compression::sniffing_decoder(input)
+                let nar = compression::sniffing_decoder(input)
                     .await
                     .with_context(|| format!("cannot read {}", file.display()))?;
                 store
@@ -278,7 +278,6 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
                         compression::sniffing_decoder(input)
                             .await
                             .with_context(|| format!("cannot read {}", file.display()))?
-                            .1
                     }
                 };
                 store
