@@ -71,6 +71,12 @@ impl Bar {
     }
 }
 
+impl cairn_store::copy::CopyProgress for Bar {
+    fn bytes_sent(&self, n: u64) {
+        self.advance(n);
+    }
+}
+
 impl Progress for Bar {
     fn add_total(&self, files: u64, bytes: u64) {
         if let Some(b) = &self.bar {
@@ -80,8 +86,6 @@ impl Progress for Bar {
     }
 
     fn file_done(&self, bytes: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(bytes);
-        }
+        self.advance(bytes);
     }
 }

@@ -269,9 +269,7 @@ impl NarInfo {
 
     /// Adds (or replaces) this key's signature.
     pub fn sign(&mut self, key: &SigningKey) {
-        let sig = key.sign(self.fingerprint().as_bytes());
-        self.signatures.retain(|s| s.name() != key.name());
-        self.signatures.push(sig);
+        key.sign_into(self.fingerprint().as_bytes(), &mut self.signatures);
     }
 
     /// The signatures that verify under any of `trusted` keys.

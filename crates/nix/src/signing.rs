@@ -120,6 +120,14 @@ impl SigningKey {
         }
     }
 
+    /// Signs `fingerprint` into `signatures`, replacing this key's
+    /// earlier signature if there is one (one signature per key name).
+    pub fn sign_into(&self, fingerprint: &[u8], signatures: &mut Vec<Signature>) {
+        let sig = self.sign(fingerprint);
+        signatures.retain(|s| s.name() != self.name);
+        signatures.push(sig);
+    }
+
     /// The secret key file contents (without newline). Handle with care.
     pub fn to_secret_string(&self) -> String {
         format!(

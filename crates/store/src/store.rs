@@ -381,9 +381,7 @@ impl Store {
             info.nar_size,
             &info.references,
         );
-        let sig = key.sign(fingerprint.as_bytes());
-        info.signatures.retain(|s| s.name() != key.name());
-        info.signatures.push(sig);
+        key.sign_into(fingerprint.as_bytes(), &mut info.signatures);
         Ok(self.path_infos.put(info).await?)
     }
 }

@@ -1,14 +1,12 @@
 //! `cairn copy`: store paths from one store to another.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use cairn_nix::store_path::StorePath;
-use cairn_store::copy::{copy_paths, CopyProgress};
+use cairn_store::copy::copy_paths;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::progress::Bar;
 use crate::services::ServiceArgs;
 
 #[derive(Args)]
@@ -41,24 +39,6 @@ fn store_args(given: Option<&str>) -> ServiceArgs {
     args
 }
 
-struct Bar(Option<ProgressBar>);
-
-impl CopyProgress for Bar {
-    fn path_done(&self, path: &StorePath, copied: bool) {
-        if let Some(b) = &self.0 {
-            b.set_message(format!(
-                "{} {path}",
-                if copied { "copied" } else { "already there:" }
-            ));
-        }
-    }
-    fn bytes_sent(&self, n: u64) {
-        if let Some(b) = &self.0 {
-            b.inc(n);
-        }
-    }
-}
-
 /// "1 path", "2 paths", "0 directories".
 fn count(n: u64, noun: &str) -> String {
     match (n, noun.strip_suffix('y')) {
@@ -88,22 +68,11 @@ pub fn run(a: CopyArgs) -> Result<()> {
         let to = store_args(a.to.as_deref())
             .open_store()
             .context("cannot open the destination store")?;
-        let bar = Bar(std::io::stderr().is_terminal().then(|| {
-            let b = ProgressBar::no_length();
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} {bytes} sent ({bytes_per_sec}) {msg}")
-            {
-                b.set_style(style);
-            }
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        }));
+        let bar = Bar::bytes_unknown_total("copying");
         let summary = copy_paths(&from, &to, &paths, !a.no_closure, &bar)
             .await
             .context("copy failed")?;
-        if let Some(b) = &bar.0 {
-            b.finish_and_clear();
-        }
+        bar.finish();
         eprintln!(
             "copied {} ({} already there): {}, {} bytes, {} sent",
             count(summary.copied, "path"),
