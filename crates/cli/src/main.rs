@@ -76,6 +76,13 @@ enum Command {
     /// --store-addr grpc+http://HOST:PORT (or grpc+unix:///PATH). Stops on
     /// SIGTERM or SIGINT after finishing the requests in flight.
     Daemon(commands::daemon::DaemonArgs),
+    /// Serve the store as a Nix binary cache over HTTP (substituter and `nix copy --to` target).
+    ///
+    /// narinfos and NARs are rendered from the store on each request;
+    /// uploads from `nix copy --to http://HOST:PORT` are ingested as they
+    /// arrive and appear once their narinfo checks out. Stops on SIGTERM or
+    /// SIGINT after finishing the requests in flight.
+    Serve(commands::serve::ServeArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => commands::gc::run(a),
         Command::Daemon(a) => commands::daemon::run(a),
         Command::Copy(a) => commands::copy::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

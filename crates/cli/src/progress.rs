@@ -6,6 +6,7 @@ use cairn_castore::import::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A byte-count bar that the import code reports into.
+#[derive(Clone)]
 pub struct Bar {
     bar: Option<ProgressBar>,
 }

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cairn_castore::{BlobService, DirectoryService};
-use cairn_grpc::addr::{
-    blob_service_from_addr, directory_service_from_addr, path_info_service_from_addr,
-};
+use cairn_grpc::addr::{blob_service_from_addr, directory_service_from_addr};
+use cairn_http::addr::path_info_service_from_addr;
 use cairn_store::Store;
 use clap::Args;
 
@@ -43,8 +42,9 @@ pub struct ServiceArgs {
     #[arg(long, env = "CAIRN_DIRECTORY_SERVICE_ADDR", value_name = "ADDR")]
     pub directory_service_addr: Option<String>,
 
-    /// PathInfo service address, e.g. memory://, redb:///srv/cairn/pathinfo.redb
-    /// or grpc+http://127.0.0.1:8000
+    /// PathInfo service address, e.g. memory://, redb:///srv/cairn/pathinfo.redb,
+    /// grpc+http://127.0.0.1:8000, or a Nix binary cache to fetch paths from
+    /// on demand: nix+https://cache.example.org?trusted-public-keys=NAME:KEY
     /// (ignored by `cairn castore` commands) [default: redb://DATA_DIR/pathinfo.redb]
     #[arg(long, env = "CAIRN_PATH_INFO_SERVICE_ADDR", value_name = "ADDR")]
     pub path_info_service_addr: Option<String>,
@@ -147,6 +147,12 @@ impl ServiceArgs {
         Ok(format!("layered://?{query}"))
     }
 
+    /// The data directory these flags name (or the default one), whether
+    /// or not the services live there.
+    pub fn resolved_data_dir(&self) -> Result<PathBuf> {
+        self.data_dir()
+    }
+
     fn data_dir(&self) -> Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return std::path::absolute(d)
@@ -197,7 +203,7 @@ impl ServiceArgs {
             (None, None) => anyhow::bail!("no path info service address and no data directory"),
         };
         tracing::debug!(path_info_addr = %addr, "opening path info service");
-        let path_infos = path_info_service_from_addr(&addr)
+        let path_infos = path_info_service_from_addr(&addr, &castore.blobs, &castore.dirs)
             .with_context(|| format!("cannot open path info service {addr}"))?;
         Ok(Store {
             blobs: castore.blobs,

@@ -47,6 +47,8 @@ fn path_info_status(e: cairn_store::pathinfoservice::Error) -> Status {
         E::Invalid(e) => Status::invalid_argument(e.to_string()),
         E::Castore(e) => status_of(e),
         e @ E::Storage(_) => Status::internal(e.to_string()),
+        e @ E::Remote(_) => Status::unavailable(e.to_string()),
+        e @ E::ReadOnly(_) => Status::failed_precondition(e.to_string()),
     }
 }
 

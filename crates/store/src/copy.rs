@@ -48,16 +48,28 @@ impl CopyProgress for NoCopyProgress {}
 
 /// The paths to copy, references before referrers: with `closure`,
 /// everything `paths` refer to, transitively; else `paths` alone.
+///
+/// Paths `present` already has are left out, and so are their references
+/// (a store holds a path only with its references), without asking
+/// `from` for them: asking a binary cache for a path means downloading it.
 pub async fn closure_order(
     from: &Store,
+    present: Option<&Store>,
     paths: &[StorePath],
     closure: bool,
-) -> Result<Vec<PathInfo>, StoreError> {
+) -> Result<(Vec<PathInfo>, u64), StoreError> {
     let mut infos: HashMap<StorePath, PathInfo> = HashMap::new();
+    let mut skipped: HashSet<StorePath> = HashSet::new();
     let mut queue: VecDeque<StorePath> = paths.iter().cloned().collect();
     while let Some(p) = queue.pop_front() {
-        if infos.contains_key(&p) {
+        if infos.contains_key(&p) || skipped.contains(&p) {
             continue;
+        }
+        if let Some(to) = present {
+            if to.path_infos.get(p.digest()).await?.is_some() {
+                skipped.insert(p);
+                continue;
+            }
         }
         let info = from.path_info(&p).await?;
         if closure {
@@ -96,7 +108,7 @@ pub async fn closure_order(
             }
         }
     }
-    Ok(order)
+    Ok((order, skipped.len() as u64))
 }
 
 /// Copies `paths` (and with `closure`, everything they refer to) from
@@ -108,13 +120,12 @@ pub async fn copy_paths(
     closure: bool,
     progress: &dyn CopyProgress,
 ) -> Result<CopySummary, StoreError> {
-    let mut summary = CopySummary::default();
-    for info in closure_order(from, paths, closure).await? {
-        if to.path_infos.get(info.store_path.digest()).await?.is_some() {
-            summary.present += 1;
-            progress.path_done(&info.store_path, false);
-            continue;
-        }
+    let (order, present) = closure_order(from, Some(to), paths, closure).await?;
+    let mut summary = CopySummary {
+        present,
+        ..CopySummary::default()
+    };
+    for info in order {
         copy_tree(from, to, &info.node, &mut summary, progress).await?;
         to.path_infos.put(info.clone()).await?;
         summary.copied += 1;

@@ -21,4 +21,4 @@ mod store;
 pub use bridge::{read_on_thread, ThreadWriterSink};
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
-pub use store::{GcSummary, NarDescription, Store, StoreError};
+pub use store::{check_content_address, GcSummary, NarDescription, Store, StoreError};

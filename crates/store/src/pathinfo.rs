@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use cairn_castore::{DirectoryError, Node};
 use cairn_nix::hash::{ContentAddress, FileIngestionMethod, HashAlgo, NixHash};
+use cairn_nix::narinfo::NarInfo;
 use cairn_nix::store_path::{StorePath, StorePathError};
 use cairn_nix::Signature;
 use thiserror::Error;
@@ -136,6 +137,34 @@ fn ca_from_proto(ca: &proto::nar_info::Ca) -> Result<ContentAddress, PathInfoErr
 }
 
 impl PathInfo {
+    /// The string Nix signs for this path (narinfo `Sig:` lines).
+    pub fn fingerprint(&self) -> String {
+        cairn_nix::narinfo::fingerprint(
+            &self.store_path,
+            &NixHash::sha256(self.nar_sha256),
+            self.nar_size,
+            &self.references,
+        )
+    }
+
+    /// The narinfo describing this path, its NAR at `url` (relative to
+    /// the cache) compressed with `compression`.
+    pub fn to_narinfo(&self, url: String, compression: &str) -> NarInfo {
+        NarInfo {
+            store_path: self.store_path.clone(),
+            url,
+            compression: Some(compression.to_owned()),
+            file_hash: None,
+            file_size: None,
+            nar_hash: NixHash::sha256(self.nar_sha256),
+            nar_size: self.nar_size,
+            references: self.references.clone(),
+            deriver: self.deriver.clone(),
+            signatures: self.signatures.clone(),
+            ca: self.ca.clone(),
+        }
+    }
+
     /// The protobuf message.
     pub fn to_proto(&self) -> proto::PathInfo {
         proto::PathInfo {

@@ -134,6 +134,31 @@ impl From<&NarInfo> for NarDescription {
     }
 }
 
+/// Checks that a content address, when there is one, gives `path` with
+/// these references (a claim anyone can check, signed or not).
+pub fn check_content_address(
+    path: &StorePath,
+    ca: Option<&ContentAddress>,
+    references: &[StorePath],
+) -> Result<(), StoreError> {
+    let Some(ca) = ca else { return Ok(()) };
+    let others: Vec<StorePath> = references.iter().filter(|r| *r != path).cloned().collect();
+    let refs = References {
+        others: &others,
+        self_ref: others.len() != references.len(),
+    };
+    let computed = compute_ca_path(ca, &refs, path.name())
+        .map_err(|e| StoreError::Invalid(format!("{path}: {e}")))?;
+    if computed != *path {
+        return Err(StoreError::CaMismatch {
+            path: path.to_absolute_path(),
+            ca: ca.to_string(),
+            computed: computed.to_absolute_path(),
+        });
+    }
+    Ok(())
+}
+
 /// The three services, and the jobs that need all of them.
 #[derive(Clone)]
 pub struct Store {
@@ -233,28 +258,19 @@ impl Store {
         self.finish_nar(ingested, desc).await
     }
 
+    /// Adds a NAR that was ingested already (an upload whose narinfo came
+    /// later): the same checks as [`Store::import_nar`], then the PathInfo.
+    pub async fn add_ingested(
+        &self,
+        ingested: IngestedNar,
+        desc: NarDescription,
+    ) -> Result<PathInfo, StoreError> {
+        self.check_description(&desc).await?;
+        self.finish_nar(ingested, desc).await
+    }
+
     async fn check_description(&self, desc: &NarDescription) -> Result<(), StoreError> {
-        if let Some(ca) = &desc.ca {
-            let others: Vec<StorePath> = desc
-                .references
-                .iter()
-                .filter(|r| **r != desc.store_path)
-                .cloned()
-                .collect();
-            let refs = References {
-                others: &others,
-                self_ref: others.len() != desc.references.len(),
-            };
-            let computed = compute_ca_path(ca, &refs, desc.store_path.name())
-                .map_err(|e| StoreError::Invalid(format!("{}: {e}", desc.store_path)))?;
-            if computed != desc.store_path {
-                return Err(StoreError::CaMismatch {
-                    path: desc.store_path.to_absolute_path(),
-                    ca: ca.to_string(),
-                    computed: computed.to_absolute_path(),
-                });
-            }
-        }
+        check_content_address(&desc.store_path, desc.ca.as_ref(), &desc.references)?;
         let mut missing = Vec::new();
         for r in &desc.references {
             if *r != desc.store_path && self.path_infos.get(r.digest()).await?.is_none() {
@@ -375,13 +391,7 @@ impl Store {
     /// Adds (or replaces) `key`'s signature on `path`'s PathInfo.
     pub async fn sign(&self, path: &StorePath, key: &SigningKey) -> Result<PathInfo, StoreError> {
         let mut info = self.path_info(path).await?;
-        let fingerprint = cairn_nix::narinfo::fingerprint(
-            &info.store_path,
-            &NixHash::sha256(info.nar_sha256),
-            info.nar_size,
-            &info.references,
-        );
-        key.sign_into(fingerprint.as_bytes(), &mut info.signatures);
+        key.sign_into(info.fingerprint().as_bytes(), &mut info.signatures);
         Ok(self.path_infos.put(info).await?)
     }
 }

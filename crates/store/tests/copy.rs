@@ -58,7 +58,7 @@ async fn a_closure_copies_references_first_and_only_once() {
     app.references.push(app.store_path.clone());
     from.path_infos.put(app.clone()).await.unwrap();
 
-    let order = closure_order(&from, std::slice::from_ref(&app.store_path), true)
+    let (order, _) = closure_order(&from, None, std::slice::from_ref(&app.store_path), true)
         .await
         .unwrap();
     let names: Vec<String> = order
@@ -66,7 +66,7 @@ async fn a_closure_copies_references_first_and_only_once() {
         .map(|i| i.store_path.name().to_owned())
         .collect();
     assert_eq!(names, ["lib", "dep", "app"]);
-    let alone = closure_order(&from, std::slice::from_ref(&app.store_path), false)
+    let (alone, _) = closure_order(&from, None, std::slice::from_ref(&app.store_path), false)
         .await
         .unwrap();
     assert_eq!(alone.len(), 1);
@@ -110,7 +110,30 @@ async fn a_closure_copies_references_first_and_only_once() {
     )
     .await
     .unwrap();
-    assert_eq!((again.copied, again.present, again.blobs_sent), (0, 3, 0));
+    // The path asked for is there, so its references are not even looked at.
+    assert_eq!((again.copied, again.present, again.blobs_sent), (0, 1, 0));
+
+    // With only `lib` at the destination, `lib` is not fetched again.
+    let partial = memory_store();
+    copy_paths(
+        &from,
+        &partial,
+        std::slice::from_ref(&lib.store_path),
+        true,
+        &NoCopyProgress,
+    )
+    .await
+    .unwrap();
+    let (order, present) = closure_order(
+        &from,
+        Some(&partial),
+        std::slice::from_ref(&app.store_path),
+        true,
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = order.iter().map(|i| i.store_path.name()).collect();
+    assert_eq!((names, present), (vec!["dep", "app"], 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

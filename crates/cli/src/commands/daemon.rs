@@ -29,7 +29,7 @@ fn location(listen: &str) -> Location {
 }
 
 /// Resolves once SIGINT or SIGTERM arrives.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());

@@ -72,3 +72,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
     println!("{public_text}");
     Ok(())
 }
+
+/// Reads a secret key file (`cairn key generate` or `nix-store
+/// --generate-binary-cache-key` output).
+pub fn read_secret_key(path: &Path) -> Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    SigningKey::parse(text.trim())
+        .with_context(|| format!("{} is not a secret key", path.display()))
+}

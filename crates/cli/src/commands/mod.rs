@@ -7,5 +7,6 @@ pub mod gc;
 pub mod key;
 pub mod nar;
 pub mod narinfo;
+pub mod serve;
 pub mod store;
 pub mod store_path;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cairn_nix::{NarInfo, SigningKey, VerifyingKey};
+use cairn_nix::{NarInfo, VerifyingKey};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -50,10 +50,7 @@ fn read_narinfo(path: &Path) -> Result<NarInfo> {
 }
 
 fn sign(args: SignArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.key_file)
-        .with_context(|| format!("cannot read key file {}", args.key_file.display()))?;
-    let key = SigningKey::parse(&text)
-        .with_context(|| format!("invalid secret key in {}", args.key_file.display()))?;
+    let key = super::key::read_secret_key(&args.key_file)?;
     for path in &args.files {
         let mut info = read_narinfo(path)?;
         info.sign(&key);

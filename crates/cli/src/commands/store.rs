@@ -14,7 +14,7 @@ use cairn_castore::import::NoProgress;
 use cairn_castore::Node;
 use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::NarInfo;
-use cairn_nix::{SigningKey, StorePath};
+use cairn_nix::StorePath;
 use cairn_store::compression::{self, Compression};
 use cairn_store::{NarDescription, PathInfo, Store};
 use clap::Args;
@@ -582,10 +582,7 @@ pub fn cat(a: CatArgs) -> Result<()> {
 }
 
 pub fn sign(a: SignArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.key)
-        .with_context(|| format!("cannot read {}", a.key.display()))?;
-    let key = SigningKey::parse(text.trim())
-        .with_context(|| format!("{} is not a secret key", a.key.display()))?;
+    let key = super::key::read_secret_key(&a.key)?;
     let paths: Vec<StorePath> = a
         .paths
         .iter()

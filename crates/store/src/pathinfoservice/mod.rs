@@ -27,6 +27,12 @@ pub enum Error {
     /// The backend's storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A remote source (a binary cache) failed or sent what it may not.
+    #[error("{0}")]
+    Remote(String),
+    /// This backend does not take writes.
+    #[error("{0} is read-only")]
+    ReadOnly(String),
     /// A castore-level failure (an address, an embedded database lock).
     #[error(transparent)]
     Castore(#[from] cairn_castore::Error),

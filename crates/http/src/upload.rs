@@ -1,0 +1,421 @@
+//! The write side, as `nix copy --to http://…` drives it: `PUT
+//! nar/FILE` (the NAR, compressed as the client chose), then `PUT
+//! HASH.narinfo` naming that file. The NAR is ingested while it streams
+//! in; its tree stays invisible (no PathInfo refers to it) until a
+//! narinfo arrives whose NarHash and NarSize match, whose references are
+//! all here and whose signatures by known key names verify. A NAR no
+//! narinfo claims is forgotten after an hour and its objects left to gc.
+//!
+//! Pending NARs are held in memory: a restart between the two PUTs makes
+//! the narinfo fail, and Nix uploads both again on its next try.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_castore::import::NoProgress;
+use cairn_nix::narinfo::NarInfo;
+use cairn_nix::nixbase32;
+use cairn_store::compression::{decoder, sniffing_decoder, Compression};
+use cairn_store::ingest::{ingest_nar, IngestedNar};
+use cairn_store::{NarDescription, StoreError};
+use data_encoding::BASE64;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio_util::io::StreamReader;
+
+use crate::metrics::Metrics;
+use crate::nar_urls::NarTarget;
+use crate::routes::{internal, reply};
+use crate::server::ServedCompression;
+use crate::CacheServer;
+
+/// How long an uploaded NAR waits for its narinfo.
+const PENDING_FOR: Duration = Duration::from_secs(3600);
+/// At most this many NARs wait at once (the oldest go first).
+const PENDING_MAX: usize = 100_000;
+/// A narinfo is a few hundred bytes; this is generous.
+const NARINFO_MAX: usize = 1024 * 1024;
+/// Build logs, as sent and as decompressed.
+const LOG_MAX: usize = 256 * 1024 * 1024;
+
+struct Pending {
+    ingested: IngestedNar,
+    /// Bytes as uploaded (narinfo `FileSize`).
+    file_size: u64,
+    at: Instant,
+}
+
+/// NARs uploaded and not yet claimed by a narinfo, by URL (`nar/FILE`).
+#[derive(Default)]
+pub(crate) struct PendingNars(Mutex<HashMap<String, Pending>>);
+
+impl PendingNars {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn insert(&self, url: String, ingested: IngestedNar, file_size: u64) {
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, p| now.duration_since(p.at) < PENDING_FOR);
+        if map.len() >= PENDING_MAX {
+            if let Some(oldest) = map.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            url,
+            Pending {
+                ingested,
+                file_size,
+                at: now,
+            },
+        );
+    }
+
+    pub(crate) fn contains(&self, url: &str) -> bool {
+        self.lock().contains_key(url)
+    }
+
+    fn get(&self, url: &str) -> Option<(IngestedNar, u64)> {
+        self.lock()
+            .get(url)
+            .map(|p| (p.ingested.clone(), p.file_size))
+    }
+
+    fn remove(&self, url: &str) {
+        self.lock().remove(url);
+    }
+}
+
+/// Byte strings equal, in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The refusal, if this request may not upload.
+fn upload_refusal(server: &CacheServer, headers: &HeaderMap) -> Option<Response> {
+    let config = &server.inner.config;
+    if config.read_only {
+        return Some(reply(StatusCode::FORBIDDEN, "this cache is read-only"));
+    }
+    let token = config.upload_token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ok = if let Some(bearer) = given.strip_prefix("Bearer ") {
+        same_secret(bearer.trim().as_bytes(), token.as_bytes())
+    } else if let Some(basic) = given.strip_prefix("Basic ") {
+        BASE64
+            .decode(basic.trim().as_bytes())
+            .ok()
+            .and_then(|pair| {
+                let colon = pair.iter().position(|&b| b == b':')?;
+                Some(same_secret(&pair[colon + 1..], token.as_bytes()))
+            })
+            .unwrap_or(false)
+    } else {
+        false
+    };
+    if ok {
+        return None;
+    }
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "uploads need the upload token (Authorization: Bearer TOKEN, or basic auth with it as the password)",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"cairn\""),
+    );
+    Some(r)
+}
+
+/// A refused upload, counted.
+fn refuse(server: &CacheServer, status: StatusCode, text: String) -> Response {
+    Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+    tracing::warn!(%status, reason = %text, "upload refused");
+    reply(status, text)
+}
+
+fn accepted(server: &CacheServer) -> Response {
+    Metrics::add(&server.inner.metrics.uploads_accepted, 1);
+    StatusCode::OK.into_response()
+}
+
+/// `PUT /nar/FILE`: ingested while it arrives, held until its narinfo.
+pub(crate) async fn put_nar(
+    State(server): State<CacheServer>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    body: Body,
+) -> Response {
+    if let Some(r) = upload_refusal(&server, &headers) {
+        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+        return r;
+    }
+    let url = format!("nar/{file}");
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let stream = body.into_data_stream().map(move |piece| {
+        piece
+            .inspect(|b| {
+                counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+            })
+            .map_err(io::Error::other)
+    });
+    let store = &server.inner.store;
+    let reader = StreamReader::new(stream);
+    // Brotli has no magic bytes; Nix names such uploads `.nar.br`.
+    let decoded = if file.ends_with(".br") {
+        Ok(decoder(reader, Compression::Brotli))
+    } else {
+        sniffing_decoder(reader).await
+    };
+    let nar = match decoded {
+        Ok(nar) => nar,
+        Err(e) => {
+            return refuse(
+                &server,
+                StatusCode::BAD_REQUEST,
+                format!("{url}: cannot read the upload: {e}"),
+            )
+        }
+    };
+    match ingest_nar(nar, store.blobs.clone(), store.dirs.as_ref(), &NoProgress).await {
+        Ok(ingested) => {
+            tracing::info!(%url, nar_size = ingested.nar_size, "NAR received; waiting for its narinfo");
+            server
+                .inner
+                .pending
+                .insert(url, ingested, received.load(Ordering::Relaxed));
+            accepted(&server)
+        }
+        Err(e) => refuse(
+            &server,
+            StatusCode::BAD_REQUEST,
+            format!("{url} is not a whole, valid NAR: {e}"),
+        ),
+    }
+}
+
+/// `PUT /HASH.narinfo` attaches an uploaded NAR; `PUT /HASH.ls` is
+/// accepted and dropped (listings are computed from the store).
+pub(crate) async fn put_narinfo(
+    State(server): State<CacheServer>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    body: Body,
+) -> Response {
+    if let Some(r) = upload_refusal(&server, &headers) {
+        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+        return r;
+    }
+    if file.ends_with(".ls") {
+        return StatusCode::OK.into_response();
+    }
+    let Some(hash) = file.strip_suffix(".narinfo") else {
+        return refuse(
+            &server,
+            StatusCode::NOT_FOUND,
+            format!("cannot upload {file:?}: uploads go to HASH.narinfo, nar/FILE or log/DRV"),
+        );
+    };
+    let text = match to_bytes(body, NARINFO_MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return refuse(
+                &server,
+                StatusCode::BAD_REQUEST,
+                format!("{file}: cannot read the upload (at most {NARINFO_MAX} bytes): {e}"),
+            )
+        }
+    };
+    match attach(&server, hash, &text).await {
+        Ok(()) => accepted(&server),
+        Err((status, text)) => {
+            if status.is_server_error() {
+                Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+                return internal(&file, text);
+            }
+            refuse(&server, status, format!("{file}: {text}"))
+        }
+    }
+}
+
+/// Checks an uploaded narinfo and adds its path; the status and reason
+/// when it is refused.
+async fn attach(server: &CacheServer, hash: &str, text: &[u8]) -> Result<(), (StatusCode, String)> {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg);
+    let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8 text".into()))?;
+    let narinfo = NarInfo::parse(text).map_err(|e| bad(format!("not a valid narinfo: {e}")))?;
+    if narinfo.store_path.hash_part() != hash {
+        return Err(bad(format!(
+            "it describes {}, whose narinfo is {}.narinfo",
+            narinfo.store_path,
+            narinfo.store_path.hash_part()
+        )));
+    }
+    check_signatures(server, &narinfo).map_err(bad)?;
+    let Some((ingested, file_size)) = server.inner.pending.get(&narinfo.url) else {
+        return Err(bad(format!(
+            "its URL {} names no NAR uploaded here (PUT the NAR first)",
+            narinfo.url
+        )));
+    };
+    if let Some(expected) = narinfo.file_size {
+        if expected != file_size {
+            return Err(bad(format!(
+                "FileSize says {expected} bytes, {} has {file_size}",
+                narinfo.url
+            )));
+        }
+    }
+    let store = &server.inner.store;
+    match store
+        .add_ingested(ingested, NarDescription::from(&narinfo))
+        .await
+    {
+        Ok(info) => {
+            server.inner.pending.remove(&narinfo.url);
+            tracing::info!(path = %info.store_path, "path added by upload");
+            remember_url(server, &narinfo).await;
+            Ok(())
+        }
+        Err(
+            e @ (StoreError::NarMismatch { .. }
+            | StoreError::MissingReferences { .. }
+            | StoreError::CaMismatch { .. }
+            | StoreError::Invalid(_)),
+        ) => Err(bad(e.to_string())),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Records the uploader's NAR URL, which its Nix will ask for later.
+/// Failing that is logged, not fatal: the path is stored, and the URL
+/// this server's own narinfos give still works.
+async fn remember_url(server: &CacheServer, narinfo: &NarInfo) {
+    let compression = narinfo
+        .compression
+        .as_deref()
+        .unwrap_or("bzip2")
+        .parse::<ServedCompression>();
+    let Ok(compression) = compression else {
+        return;
+    };
+    let target = NarTarget {
+        hash_part: narinfo.store_path.hash_part(),
+        nar_hash: nixbase32::encode(narinfo.nar_hash.digest()),
+        compression,
+    };
+    let inner = server.inner.clone();
+    let url = narinfo.url.clone();
+    let recorded = tokio::task::spawn_blocking(move || inner.nar_urls.record(&url, &target)).await;
+    if let Err(e) = recorded
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(url = %narinfo.url, error = %e, "cannot record the upload's NAR URL");
+    }
+}
+
+/// A signature by a key this server knows by name must verify; others
+/// are kept as they are (Nix keeps them too).
+fn check_signatures(server: &CacheServer, narinfo: &NarInfo) -> Result<(), String> {
+    let config = &server.inner.config;
+    let own = config.sign_key.as_ref().map(|k| k.verifying_key());
+    let known: Vec<_> = config.trusted_keys.iter().chain(own.as_ref()).collect();
+    let fingerprint = narinfo.fingerprint();
+    for sig in &narinfo.signatures {
+        for key in known.iter().filter(|k| k.name() == sig.name()) {
+            if !key.verify(fingerprint.as_bytes(), sig) {
+                return Err(format!(
+                    "its signature by {} does not verify (wrong key, or the narinfo was altered)",
+                    sig.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /log/DRV`: decoded when sent with a `Content-Encoding`.
+pub(crate) async fn put_log(
+    State(server): State<CacheServer>,
+    headers: HeaderMap,
+    Path(drv): Path<String>,
+    body: Body,
+) -> Response {
+    if let Some(r) = upload_refusal(&server, &headers) {
+        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+        return r;
+    }
+    let Some(logs) = &server.inner.logs else {
+        return refuse(
+            &server,
+            StatusCode::FORBIDDEN,
+            "this cache keeps no build logs".into(),
+        );
+    };
+    let sent = match to_bytes(body, LOG_MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &server,
+                StatusCode::BAD_REQUEST,
+                format!("log/{drv}: cannot read the upload (at most {LOG_MAX} bytes): {e}"),
+            )
+        }
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    let compression = match encoding.as_str() {
+        "" | "identity" => None,
+        other => match other.parse::<Compression>() {
+            Ok(c) => Some(c),
+            Err(_) => {
+                return refuse(
+                    &server,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("log/{drv}: unknown Content-Encoding {other:?}"),
+                )
+            }
+        },
+    };
+    let text = match compression {
+        None => sent.to_vec(),
+        Some(c) => {
+            let mut out = Vec::new();
+            let reader = decoder(BufReader::new(std::io::Cursor::new(sent)), c);
+            if let Err(e) = reader.take(LOG_MAX as u64).read_to_end(&mut out).await {
+                return refuse(
+                    &server,
+                    StatusCode::BAD_REQUEST,
+                    format!("log/{drv}: cannot decode {encoding}: {e}"),
+                );
+            }
+            out
+        }
+    };
+    match logs.write(&drv, text).await {
+        Ok(()) => accepted(&server),
+        Err(crate::logs::LogError::BadName(msg)) => refuse(&server, StatusCode::BAD_REQUEST, msg),
+        Err(e) => internal(&drv, e),
+    }
+}
