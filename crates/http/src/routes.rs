@@ -197,11 +197,7 @@ async fn listing(server: &CacheServer, hash: &str) -> Response {
         Err(response) => return response,
     };
     let body = crate::listing::listing_json(&info.node, &closure, &layout);
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// What one of this server's own NAR URLs (`HASH-NARHASH.nar[.EXT]`) names.

@@ -166,6 +166,8 @@ pub(crate) async fn put_nar(
         return r;
     }
     let url = format!("nar/{file}");
+    // A new upload to a URL replaces the old one, even if it fails.
+    server.inner.pending.remove(&url);
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
     let stream = body.into_data_stream().map(move |piece| {
