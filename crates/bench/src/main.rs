@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod corpus;
 mod grpc;
 mod harness;
+mod http;
 mod import;
 mod nar;
 mod store;
@@ -39,6 +40,8 @@ enum Group {
     Store(store::StoreArgs),
     /// Through `cairn daemon` over loopback against the embedded store directly: import and read.
     Grpc(grpc::GrpcArgs),
+    /// `cairn serve` against nginx serving files: NAR downloads, narinfo requests/s, `nix copy --from`.
+    Http(http::HttpArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Group::Import(args) => import::run(args),
         Group::Store(args) => store::run(args),
         Group::Grpc(args) => grpc::run(args),
+        Group::Http(args) => http::run_group(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
