@@ -211,14 +211,14 @@ fn own_nar_url(file: &str) -> Option<NarTarget> {
     })
 }
 
-/// What an uploader's NAR URL names, if an upload used it.
-async fn uploaded_nar(server: &CacheServer, url: String) -> Result<Option<NarTarget>, Response> {
-    let inner = server.inner.clone();
-    match tokio::task::spawn_blocking(move || inner.nar_urls.lookup(&url)).await {
-        Ok(Ok(found)) => Ok(found),
-        Ok(Err(e)) => Err(internal("NAR URL", e)),
-        Err(e) => Err(internal("NAR URL", e)),
-    }
+/// What an uploader's NAR URL names, if an upload used it. A point read
+/// in redb, done in place like the PathInfo lookup.
+fn uploaded_nar(server: &CacheServer, url: &str) -> Result<Option<NarTarget>, Response> {
+    server
+        .inner
+        .nar_urls
+        .lookup(url)
+        .map_err(|e| internal("NAR URL", e))
 }
 
 /// `/nar/HASH-NARHASH.nar[.EXT]`, and NAR URLs uploaders chose.
@@ -234,7 +234,7 @@ pub(crate) async fn nar(
     if head && server.inner.pending.contains(&url) {
         return StatusCode::OK.into_response();
     }
-    let target = match uploaded_nar(&server, url).await {
+    let target = match uploaded_nar(&server, &url) {
         Ok(Some(target)) => target,
         Ok(None) => match own_nar_url(&file) {
             Some(target) => target,
