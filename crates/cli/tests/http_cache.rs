@@ -589,6 +589,31 @@ fn a_cache_nix_wrote_is_copied_in_and_served_back_identically() {
     assert_eq!(status, 416);
     serve.stop();
 
+    // A proxy: an empty Cairn store in front of Nix's cache fills itself
+    // on demand, then serves what it kept with the cache gone.
+    let proxy = w.work.join("proxy");
+    let layered = format!(
+        "layered://?{}",
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair(
+                "local",
+                &format!("redb://{}/pathinfo.redb", proxy.display())
+            )
+            .append_pair("remote", &format!("nix+{file_url}?check-sigs=false"))
+            .finish()
+    );
+    let serve = Serve::start(&proxy, &["--path-info-service-addr", &layered]);
+    let via_proxy = w.fresh_store("via-proxy");
+    copy_from(&w, "proxy-reader", &serve.url, &via_proxy, &w.built);
+    w.assert_same_as_source("check", &via_proxy.display().to_string(), &w.built);
+    serve.stop();
+    fs::rename(&dir, w.work.join("cache-gone")).unwrap();
+    let serve = Serve::start(&proxy, &["--path-info-service-addr", &layered]);
+    let kept = w.fresh_store("kept-by-proxy");
+    copy_from(&w, "proxy-reader-2", &serve.url, &kept, &w.built);
+    serve.stop();
+    fs::rename(w.work.join("cache-gone"), &dir).unwrap();
+
     // Signed by Nix: trusted by the right key only.
     let nix_key = w.work.join("nix.sec");
     run_ok(Command::new(&w.nix_store).args([

@@ -17,6 +17,7 @@
 
 use std::io;
 use std::path::{Component, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,8 @@ pub struct NixCache {
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
     progress: Arc<dyn Progress>,
+    /// NAR bytes ingested so far (uncompressed).
+    fetched: AtomicU64,
 }
 
 fn remote(msg: String) -> Error {
@@ -159,6 +162,7 @@ impl NixCache {
             blobs,
             dirs,
             progress: Arc::new(NoProgress),
+            fetched: AtomicU64::new(0),
         })
     }
 
@@ -166,6 +170,11 @@ impl NixCache {
     pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// NAR bytes fetched and ingested so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 
     /// A file of the cache (`rel` as a narinfo names it), or `None` if
@@ -315,6 +324,7 @@ impl PathInfoService for NixCache {
                 narinfo.nar_size
             )));
         }
+        self.fetched.fetch_add(ingested.nar_size, Ordering::Relaxed);
         let info = PathInfo {
             store_path: narinfo.store_path,
             node: ingested.node,

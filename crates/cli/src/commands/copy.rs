@@ -117,15 +117,19 @@ pub fn run(a: CopyArgs) -> Result<()> {
             Some(given) => cache_addr(given, &a)?,
             None => None,
         };
-        let from = match cache {
-            // A binary cache's NARs are ingested straight into the
-            // destination's castore; the copy then only adds PathInfos.
-            Some(addr) => Store {
-                path_infos: Arc::new(
-                    NixCache::from_addr(&addr, to.blobs.clone(), to.dirs.clone())
-                        .with_context(|| format!("cannot use binary cache {addr}"))?
-                        .with_progress(Arc::new(bar.clone())),
-                ),
+        // A binary cache's NARs are ingested straight into the
+        // destination's castore; the copy then only adds PathInfos.
+        let binary_cache = match cache {
+            Some(addr) => Some(Arc::new(
+                NixCache::from_addr(&addr, to.blobs.clone(), to.dirs.clone())
+                    .with_context(|| format!("cannot use binary cache {addr}"))?
+                    .with_progress(Arc::new(bar.clone())),
+            )),
+            None => None,
+        };
+        let from = match &binary_cache {
+            Some(cache) => Store {
+                path_infos: cache.clone(),
                 ..to.clone()
             },
             None => store_args(a.from.as_deref())
@@ -136,6 +140,15 @@ pub fn run(a: CopyArgs) -> Result<()> {
             .await
             .context("copy failed")?;
         bar.finish();
+        if let Some(cache) = &binary_cache {
+            eprintln!(
+                "copied {} ({} already there) from the binary cache: {} NAR bytes fetched, checked and stored",
+                count(summary.copied, "path"),
+                summary.present,
+                cache.fetched_bytes()
+            );
+            return Ok(());
+        }
         eprintln!(
             "copied {} ({} already there): {}, {} bytes, {} sent",
             count(summary.copied, "path"),
