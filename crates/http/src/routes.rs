@@ -211,16 +211,6 @@ fn own_nar_url(file: &str) -> Option<NarTarget> {
     })
 }
 
-/// What an uploader's NAR URL names, if an upload used it. A point read
-/// in redb, done in place like the PathInfo lookup.
-fn uploaded_nar(server: &CacheServer, url: &str) -> Result<Option<NarTarget>, Response> {
-    server
-        .inner
-        .nar_urls
-        .lookup(url)
-        .map_err(|e| internal("NAR URL", e))
-}
-
 /// `/nar/HASH-NARHASH.nar[.EXT]`, and NAR URLs uploaders chose.
 pub(crate) async fn nar(
     State(server): State<CacheServer>,
@@ -234,13 +224,15 @@ pub(crate) async fn nar(
     if head && server.inner.pending.contains(&url) {
         return StatusCode::OK.into_response();
     }
-    let target = match uploaded_nar(&server, &url) {
+    // An uploader's own URL (a point read in redb, done in place like the
+    // PathInfo lookup), else one of ours.
+    let target = match server.inner.nar_urls.lookup(&url) {
         Ok(Some(target)) => target,
         Ok(None) => match own_nar_url(&file) {
             Some(target) => target,
             None => return not_found().await,
         },
-        Err(response) => return response,
+        Err(e) => return internal("NAR URL", e),
     };
     let compression = target.compression;
     let info = match lookup(&server, &target.hash_part).await {
