@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use cairn_testkit::{generated_trees, oracle, real_trees, run_ok};
+use cairn_testkit::{generated_trees, oracle, real_trees, run_ok, spawn_announcing};
 
 fn cairn() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
@@ -30,24 +29,12 @@ impl Daemon {
     /// Starts `cairn daemon --data-dir DATA --listen LISTEN` and waits for
     /// its "listening on" line.
     fn start(data: &Path, listen: &str) -> Daemon {
-        let mut child = cairn()
-            .args(["daemon", "--listen", listen, "--data-dir"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = lines
-            .next()
-            .expect("the daemon exited before listening")
-            .unwrap();
-        let bound = line
-            .strip_prefix("cairn daemon: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
-        // Keep draining stderr so the daemon never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, bound) = spawn_announcing(
+            cairn()
+                .args(["daemon", "--listen", listen, "--data-dir"])
+                .arg(data),
+            "cairn daemon: listening on ",
+        );
         let addr = match bound.strip_prefix("unix:") {
             Some(path) => format!("grpc+unix://{path}"),
             None => format!("grpc+http://{bound}"),

@@ -11,12 +11,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use cairn_testkit::{oracle, pseudo_random_bytes, run_ok};
+use cairn_testkit::{oracle, pseudo_random_bytes, run_ok, spawn_announcing};
 use serde_json::Value;
 
 fn cairn() -> Command {
@@ -44,28 +44,13 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, extra: &[&str]) -> Serve {
-        let mut child = cairn()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = lines
-            .next()
-            .expect("cairn serve exited before listening")
-            .unwrap();
-        let url = line
-            .strip_prefix("cairn serve: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("[cairn serve] {line}");
-            }
-        });
+        let (child, url) = spawn_announcing(
+            cairn()
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data)
+                .args(extra),
+            "cairn serve: listening on ",
+        );
         Serve { child, url }
     }
 
@@ -312,6 +297,15 @@ impl World {
     }
 }
 
+/// `cairn copy --from FROM --trusted-public-key KEY --to TO PATH`.
+fn copy_trusting(from: &str, key: &str, to: &Path, path: &str) -> Command {
+    let mut c = cairn();
+    c.args(["copy", "--from", from, "--trusted-public-key", key, "--to"])
+        .arg(to)
+        .arg(path);
+    c
+}
+
 fn copy_to(w: &World, client: &str, url: &str, path: &str) {
     run_ok(
         w.nix_cmd(client, &w.src())
@@ -434,37 +428,23 @@ fn substitution_checks_cairns_signatures_and_path_info_matches() {
 
     // Cairn reads Cairn too: `cairn copy --from` the cache over HTTP,
     // checking its signatures, then renders NARs Nix accepts.
-    let wrong = run_fail(
-        cairn()
-            .args([
-                "copy",
-                "--from",
-                &serve.url,
-                "--trusted-public-key",
-                &other_public,
-                "--to",
-            ])
-            .arg(w.work.join("copy-wrong-key"))
-            .arg(&w.built),
-    );
+    let wrong = run_fail(&mut copy_trusting(
+        &serve.url,
+        &other_public,
+        &w.work.join("copy-wrong-key"),
+        &w.built,
+    ));
     assert!(
         wrong.contains("no valid signature by a trusted key"),
         "{wrong}"
     );
     let copied = w.work.join("copied");
-    run_ok(
-        cairn()
-            .args([
-                "copy",
-                "--from",
-                &serve.url,
-                "--trusted-public-key",
-                &w.public_key,
-                "--to",
-            ])
-            .arg(&copied)
-            .arg(&w.built),
-    );
+    run_ok(&mut copy_trusting(
+        &serve.url,
+        &w.public_key,
+        &copied,
+        &w.built,
+    ));
     let second = Serve::start(&copied, &[]);
     let from_copy = w.fresh_store("from-copy");
     copy_from(&w, "second", &second.url, &from_copy, &w.built);
@@ -631,36 +611,22 @@ fn a_cache_nix_wrote_is_copied_in_and_served_back_identically() {
         &nix_key.display().to_string(),
         &w.built,
     ]));
-    let wrong = run_fail(
-        cairn()
-            .args([
-                "copy",
-                "--from",
-                &file_url,
-                "--trusted-public-key",
-                &w.public_key,
-                "--to",
-            ])
-            .arg(w.work.join("wrong-key"))
-            .arg(&w.built),
-    );
+    let wrong = run_fail(&mut copy_trusting(
+        &file_url,
+        &w.public_key,
+        &w.work.join("wrong-key"),
+        &w.built,
+    ));
     assert!(
         wrong.contains("no valid signature by a trusted key"),
         "{wrong}"
     );
-    run_ok(
-        cairn()
-            .args([
-                "copy",
-                "--from",
-                &file_url,
-                "--trusted-public-key",
-                &nix_public,
-                "--to",
-            ])
-            .arg(w.work.join("right-key"))
-            .arg(&w.built),
-    );
+    run_ok(&mut copy_trusting(
+        &file_url,
+        &nix_public,
+        &w.work.join("right-key"),
+        &w.built,
+    ));
 }
 
 /// The narinfos and NAR files of `path`'s closure as Nix uploads them
@@ -700,6 +666,14 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     let put = |rel: &str, body: &[u8]| w.request(&[], &format!("{}/{rel}", serve.url), Some(body));
     let narinfo_of = |p: &str| format!("{}.narinfo", hash_part(p));
     let visible = |p: &str| w.get(&format!("{}/{}", serve.url, narinfo_of(p))).0;
+    // `narinfo` for `path` is refused with a 400 saying `why`, and the
+    // path stays invisible.
+    let refused = |path: &str, narinfo: &str, why: &str| {
+        let (status, body) = put(&narinfo_of(path), narinfo.as_bytes());
+        assert_eq!(status, 400, "{}", text(&body));
+        assert!(text(&body).contains(why), "{}", text(&body));
+        assert_eq!(visible(path), 404);
+    };
 
     // Not a NAR at all.
     let (status, body) = put("nar/garbage.nar", &pseudo_random_bytes(1, 5000));
@@ -710,10 +684,7 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     let at = altered.len() / 2; // inside big.bin's contents
     altered[at] ^= 1;
     assert_eq!(put(tree_url, &altered).0, 200);
-    let (status, body) = put(&narinfo_of(&w.tree), tree_info.as_bytes());
-    assert_eq!(status, 400);
-    assert!(text(&body).contains("NAR hash mismatch"), "{}", text(&body));
-    assert_eq!(visible(&w.tree), 404);
+    refused(&w.tree, tree_info, "NAR hash mismatch");
 
     // A NAR cut short, then a connection closed mid-body.
     let (status, body) = put("nar/short.nar", &tree_nar[..tree_nar.len() / 3]);
@@ -734,25 +705,11 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     sock.write_all(&tree_nar[..tree_nar.len() / 2]).unwrap();
     drop(sock);
     std::thread::sleep(Duration::from_millis(300));
-    let (status, body) = put(&narinfo_of(&w.tree), tree_info.as_bytes());
-    assert_eq!(status, 400);
-    assert!(
-        text(&body).contains("names no NAR uploaded here"),
-        "{}",
-        text(&body)
-    );
-    assert_eq!(visible(&w.tree), 404);
+    refused(&w.tree, tree_info, "names no NAR uploaded here");
 
     // References that are not here.
     assert_eq!(put(built_url, built_nar).0, 200);
-    let (status, body) = put(&narinfo_of(&w.built), built_info.as_bytes());
-    assert_eq!(status, 400);
-    assert!(
-        text(&body).contains("refers to paths not in the store"),
-        "{}",
-        text(&body)
-    );
-    assert_eq!(visible(&w.built), 404);
+    refused(&w.built, built_info, "refers to paths not in the store");
 
     // A signature by the cache's own key name that does not verify.
     assert_eq!(put(tree_url, tree_nar).0, 200);
@@ -760,14 +717,10 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
         "{tree_info}Sig: cairn-test-cache-1:{}\n",
         data_encoding::BASE64.encode(&[7u8; 64])
     );
-    let (status, body) = put(&narinfo_of(&w.tree), forged.as_bytes());
-    assert_eq!(status, 400);
-    assert!(text(&body).contains("does not verify"), "{}", text(&body));
-    assert_eq!(visible(&w.tree), 404);
+    refused(&w.tree, &forged, "does not verify");
 
     // A narinfo under another path's name.
-    let (status, _) = put(&narinfo_of(&w.built), tree_info.as_bytes());
-    assert_eq!(status, 400);
+    refused(&w.built, tree_info, "whose narinfo is");
 
     // The honest uploads still go through, in order.
     assert_eq!(put(&narinfo_of(&w.tree), tree_info.as_bytes()).0, 200);

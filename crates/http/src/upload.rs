@@ -103,8 +103,16 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The refusal, if this request may not upload.
+/// The refusal (counted), if this request may not upload.
 fn upload_refusal(server: &CacheServer, headers: &HeaderMap) -> Option<Response> {
+    let refusal = unauthorised(server, headers);
+    if refusal.is_some() {
+        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
+    }
+    refusal
+}
+
+fn unauthorised(server: &CacheServer, headers: &HeaderMap) -> Option<Response> {
     let config = &server.inner.config;
     if config.read_only {
         return Some(reply(StatusCode::FORBIDDEN, "this cache is read-only"));
@@ -142,6 +150,13 @@ fn upload_refusal(server: &CacheServer, headers: &HeaderMap) -> Option<Response>
     Some(r)
 }
 
+/// A small upload's body, whole, or why not.
+async fn read_whole(body: Body, limit: usize) -> Result<bytes::Bytes, String> {
+    to_bytes(body, limit)
+        .await
+        .map_err(|e| format!("cannot read the upload (at most {limit} bytes): {e}"))
+}
+
 /// A refused upload, counted.
 fn refuse(server: &CacheServer, status: StatusCode, text: String) -> Response {
     Metrics::add(&server.inner.metrics.uploads_rejected, 1);
@@ -162,7 +177,6 @@ pub(crate) async fn put_nar(
     body: Body,
 ) -> Response {
     if let Some(r) = upload_refusal(&server, &headers) {
-        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
         return r;
     }
     let url = format!("nar/{file}");
@@ -221,7 +235,6 @@ pub(crate) async fn put_narinfo(
     body: Body,
 ) -> Response {
     if let Some(r) = upload_refusal(&server, &headers) {
-        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
         return r;
     }
     if file.ends_with(".ls") {
@@ -234,15 +247,9 @@ pub(crate) async fn put_narinfo(
             format!("cannot upload {file:?}: uploads go to HASH.narinfo, nar/FILE or log/DRV"),
         );
     };
-    let text = match to_bytes(body, NARINFO_MAX).await {
+    let text = match read_whole(body, NARINFO_MAX).await {
         Ok(bytes) => bytes,
-        Err(e) => {
-            return refuse(
-                &server,
-                StatusCode::BAD_REQUEST,
-                format!("{file}: cannot read the upload (at most {NARINFO_MAX} bytes): {e}"),
-            )
-        }
+        Err(e) => return refuse(&server, StatusCode::BAD_REQUEST, format!("{file}: {e}")),
     };
     match attach(&server, hash, &text).await {
         Ok(()) => accepted(&server),
@@ -361,7 +368,6 @@ pub(crate) async fn put_log(
     body: Body,
 ) -> Response {
     if let Some(r) = upload_refusal(&server, &headers) {
-        Metrics::add(&server.inner.metrics.uploads_rejected, 1);
         return r;
     }
     let Some(logs) = &server.inner.logs else {
@@ -371,15 +377,9 @@ pub(crate) async fn put_log(
             "this cache keeps no build logs".into(),
         );
     };
-    let sent = match to_bytes(body, LOG_MAX).await {
+    let sent = match read_whole(body, LOG_MAX).await {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(
-                &server,
-                StatusCode::BAD_REQUEST,
-                format!("log/{drv}: cannot read the upload (at most {LOG_MAX} bytes): {e}"),
-            )
-        }
+        Err(e) => return refuse(&server, StatusCode::BAD_REQUEST, format!("log/{drv}: {e}")),
     };
     let encoding = headers
         .get(header::CONTENT_ENCODING)

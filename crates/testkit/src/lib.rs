@@ -486,3 +486,33 @@ pub mod nar_corpus {
             .collect()
     }
 }
+
+/// Starts a server whose first stderr line is `PREFIX ADDRESS` (`cairn
+/// daemon: listening on …`, `cairn serve: listening on …`) and returns it
+/// with ADDRESS. The rest of its stderr is echoed to the test's stderr
+/// (prefixed with `[NAME]`), so the server never blocks on a full pipe
+/// and its log shows up under a failing test.
+pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines
+        .next()
+        .unwrap_or_else(|| panic!("{cmd:?} exited before announcing itself"))
+        .unwrap();
+    let address = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{cmd:?}: unexpected first line {line:?}"))
+        .to_owned();
+    let name = prefix.split(':').next().unwrap_or(prefix).to_owned();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
+    (child, address)
+}

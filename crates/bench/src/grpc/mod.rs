@@ -20,9 +20,8 @@
 //! store-path` computes.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +30,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, sync, Trash};
+use crate::harness::process::spawn_announcing;
 use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
@@ -54,24 +54,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(cairn: &Path, data: &Path) -> Result<Daemon> {
-        let mut child = Command::new(cairn)
-            .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start cairn daemon")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let line = lines
-            .next()
-            .context("cairn daemon exited before listening")??;
-        let bound = line
-            .strip_prefix("cairn daemon: listening on ")
-            .with_context(|| format!("unexpected line from cairn daemon: {line}"))?
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
+        let (child, bound) = spawn_announcing(
+            Command::new(cairn)
+                .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data),
+            "cairn daemon: listening on ",
+        )?;
         Ok(Daemon {
             child,
             addr: format!("grpc+http://{bound}"),

@@ -22,7 +22,6 @@
 //! size). Here the "cairn" column is `cairn serve` and "baseline" nginx.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +33,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
+use crate::harness::process::spawn_announcing;
 use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
@@ -64,23 +64,12 @@ impl Drop for Server {
 impl Server {
     /// `cairn serve` on `data`.
     fn cairn(cairn: &Path, data: &Path) -> Result<Server> {
-        let mut child = Command::new(cairn)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start cairn serve")?;
-        let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
-        let line = lines
-            .next()
-            .context("cairn serve exited before listening")??;
-        let url = line
-            .strip_prefix("cairn serve: listening on ")
-            .with_context(|| format!("unexpected line from cairn serve: {line}"))?
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
+        let (child, url) = spawn_announcing(
+            Command::new(cairn)
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data),
+            "cairn serve: listening on ",
+        )?;
         Ok(Server { child, url })
     }
 
