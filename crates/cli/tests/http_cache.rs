@@ -594,6 +594,40 @@ fn a_cache_nix_wrote_is_copied_in_and_served_back_identically() {
     serve.stop();
     fs::rename(w.work.join("cache-gone"), &dir).unwrap();
 
+    // Every compression Nix writes is decoded while it streams in.
+    for compression in ["bzip2", "zstd", "none"] {
+        let other = w.work.join(format!("nix-cache-{compression}"));
+        copy_to(
+            &w,
+            "writer",
+            &format!("file://{}?compression={compression}", other.display()),
+            &w.built,
+        );
+        let data = w.work.join(format!("cairn-{compression}"));
+        run_ok(
+            cairn()
+                .args(["copy", "--no-check-sigs", "--from"])
+                .arg(format!("file://{}", other.display()))
+                .arg("--to")
+                .arg(&data)
+                .arg(&w.built),
+        );
+        let info: Value = serde_json::from_slice(&run_ok(
+            cairn()
+                .args(["path-info", "--json", "--data-dir"])
+                .arg(&data)
+                .arg(&w.built),
+        ))
+        .unwrap();
+        let narinfo =
+            fs::read_to_string(other.join(format!("{}.narinfo", hash_part(&w.built)))).unwrap();
+        let nar_hash = narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("NarHash: "))
+            .unwrap();
+        assert_eq!(info[0]["narHash"], nar_hash, "{compression}: {info}");
+    }
+
     // Signed by Nix: trusted by the right key only.
     let nix_key = w.work.join("nix.sec");
     run_ok(Command::new(&w.nix_store).args([
