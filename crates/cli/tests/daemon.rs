@@ -34,7 +34,8 @@ impl Daemon {
                 .args(["daemon", "--listen", listen, "--data-dir"])
                 .arg(data),
             "cairn daemon: listening on ",
-        );
+        )
+        .unwrap();
         let addr = match bound.strip_prefix("unix:") {
             Some(path) => format!("grpc+unix://{path}"),
             None => format!("grpc+http://{bound}"),

@@ -50,7 +50,8 @@ impl Serve {
                 .arg(data)
                 .args(extra),
             "cairn serve: listening on ",
-        );
+        )
+        .unwrap();
         Serve { child, url }
     }
 
@@ -87,6 +88,8 @@ struct World {
     src: PathBuf,
     /// A source path (`nix-store --add`), content-addressed.
     tree: String,
+    /// The same tree under another name: another path, the same NAR.
+    twin: String,
     /// Built by a derivation; refers to `tree`; has a deriver and a log.
     built: String,
     drv: String,
@@ -128,6 +131,7 @@ fn world() -> Option<World> {
         curl,
         src,
         tree: String::new(),
+        twin: String::new(),
         built: String::new(),
         drv: String::new(),
         key_file: work.join("cache.sec"),
@@ -135,6 +139,11 @@ fn world() -> Option<World> {
     };
     w.tree = text(&run_ok(
         w.nix_store_cmd("build", &w.src).arg("--add").arg(&tree),
+    ));
+    let twin = work.join("twin");
+    run_ok(Command::new("cp").arg("-a").arg(&tree).arg(&twin));
+    w.twin = text(&run_ok(
+        w.nix_store_cmd("build", &w.src).arg("--add").arg(&twin),
     ));
     let expr = format!(
         r#"let bb = {bb}; tree = builtins.storePath "{tree}"; in derivation {{
@@ -313,6 +322,36 @@ fn copy_to(w: &World, client: &str, url: &str, path: &str) {
     );
 }
 
+/// The upload token the signing caches of these tests require.
+const TOKEN: &str = "s3cret-token";
+
+impl World {
+    /// A netrc file giving Nix [`TOKEN`] for 127.0.0.1.
+    fn netrc(&self) -> String {
+        let path = self.work.join("netrc");
+        fs::write(
+            &path,
+            format!("machine 127.0.0.1 login nix password {TOKEN}\n"),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+}
+
+/// `copy_to` with the upload token (from a netrc file, as Nix sends it).
+fn copy_to_with_token(w: &World, client: &str, url: &str, path: &str) {
+    run_ok(w.nix_cmd(client, &w.src()).args([
+        "copy",
+        "--no-check-sigs",
+        "--option",
+        "netrc-file",
+        &w.netrc(),
+        "--to",
+        url,
+        path,
+    ]));
+}
+
 fn copy_from(w: &World, client: &str, url: &str, to: &Path, path: &str) {
     run_ok(w.nix_cmd(client, &to.display().to_string()).args([
         "copy",
@@ -330,12 +369,11 @@ fn nix_copy_to_and_from_cairn_with_each_compression() {
         let data = w.work.join(format!("cache-{compression}"));
         let serve = Serve::start(&data, &[]);
         let up = format!("up-{compression}");
-        copy_to(
-            &w,
-            &up,
-            &format!("{}?compression={compression}", serve.url),
-            &w.built,
-        );
+        let url = format!("{}?compression={compression}", serve.url);
+        copy_to(&w, &up, &url, &w.built);
+        // The same NAR under another path: Nix finds its NAR URL already
+        // here and uploads only the narinfo.
+        copy_to(&w, &up, &url, &w.twin);
         // A machine that never saw the upload gets Cairn's narinfos.
         let fresh = w.fresh_store(&format!("down-{compression}"));
         copy_from(
@@ -346,6 +384,17 @@ fn nix_copy_to_and_from_cairn_with_each_compression() {
             &w.built,
         );
         w.assert_same_as_source("check", &fresh.display().to_string(), &w.built);
+        copy_from(
+            &w,
+            &format!("down-{compression}"),
+            &serve.url,
+            &fresh,
+            &w.twin,
+        );
+        assert_eq!(
+            w.identity("check", &fresh.display().to_string(), &w.twin),
+            w.identity("source", &w.src(), &w.twin)
+        );
 
         // The uploading machine remembers the narinfos it uploaded and
         // asks for its own NAR URLs; Cairn remembers them too, across a
@@ -367,8 +416,25 @@ fn nix_copy_to_and_from_cairn_with_each_compression() {
 fn substitution_checks_cairns_signatures_and_path_info_matches() {
     let Some(w) = world() else { return };
     let key = w.key_file.display().to_string();
-    let serve = Serve::start(&w.work.join("cache"), &["--sign-key", &key]);
-    copy_to(&w, "uploader", &serve.url, &w.built);
+    // A signing cache refuses to start with uploads open to anyone.
+    let err = run_fail(
+        cairn()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--sign-key",
+                &key,
+                "--data-dir",
+            ])
+            .arg(w.work.join("unsafe")),
+    );
+    assert!(err.contains("--upload-token"), "{err}");
+    let serve = Serve::start(
+        &w.work.join("cache"),
+        &["--sign-key", &key, "--upload-token", TOKEN],
+    );
+    copy_to_with_token(&w, "uploader", &serve.url, &w.built);
 
     // What Nix reads from Cairn is what the source store says.
     for p in [&w.built, &w.tree] {
@@ -452,10 +518,16 @@ fn substitution_checks_cairns_signatures_and_path_info_matches() {
     second.stop();
 
     // Build logs: `nix store copy-log` uploads, GET gives them back.
-    run_ok(
-        w.nix_cmd("uploader", &w.src())
-            .args(["store", "copy-log", "--to", &serve.url, &w.drv]),
-    );
+    run_ok(w.nix_cmd("uploader", &w.src()).args([
+        "store",
+        "copy-log",
+        "--option",
+        "netrc-file",
+        &w.netrc(),
+        "--to",
+        &serve.url,
+        &w.drv,
+    ]));
     let drv_base = w.drv.trim_start_matches("/nix/store/");
     let (status, log) = w.get(&format!("{}/log/{drv_base}", serve.url));
     assert_eq!(status, 200);
@@ -693,11 +765,17 @@ fn upload_material(w: &World, path: &str) -> Vec<(String, String, Vec<u8>)> {
 fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     let Some(w) = world() else { return };
     let key = w.key_file.display().to_string();
-    let serve = Serve::start(&w.work.join("cache"), &["--sign-key", &key]);
+    let serve = Serve::start(
+        &w.work.join("cache"),
+        &["--sign-key", &key, "--upload-token", TOKEN],
+    );
     let material = upload_material(&w, &w.built);
     let (built_info, built_url, built_nar) = &material[0];
     let (tree_info, tree_url, tree_nar) = &material[1];
-    let put = |rel: &str, body: &[u8]| w.request(&[], &format!("{}/{rel}", serve.url), Some(body));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let put = |rel: &str, body: &[u8]| {
+        w.request(&["-H", &auth], &format!("{}/{rel}", serve.url), Some(body))
+    };
     let narinfo_of = |p: &str| format!("{}.narinfo", hash_part(p));
     let visible = |p: &str| w.get(&format!("{}/{}", serve.url, narinfo_of(p))).0;
     // `narinfo` for `path` is refused with a 400 saying `why`, and the
@@ -732,7 +810,7 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     write!(
         sock,
-        "PUT /{tree_url} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        "PUT /{tree_url} HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nContent-Length: {}\r\n\r\n",
         tree_nar.len()
     )
     .unwrap();
@@ -761,6 +839,27 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
     assert_eq!(put(built_url, built_nar).0, 200);
     assert_eq!(put(&narinfo_of(&w.built), built_info.as_bytes()).0, 200);
     assert_eq!(visible(&w.built), 200);
+
+    // A path that is here may not be replaced by other contents.
+    let built_hash = built_info
+        .lines()
+        .find(|l| l.starts_with("NarHash: "))
+        .unwrap();
+    let replacing: String = tree_info
+        .lines()
+        .map(|l| {
+            if l.starts_with("NarHash: ") {
+                built_hash
+            } else {
+                l
+            }
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (status, body) = put(&narinfo_of(&w.tree), replacing.as_bytes());
+    assert_eq!(status, 409, "{}", text(&body));
+    assert!(text(&body).contains("is here already"), "{}", text(&body));
+
     let fresh = w.fresh_store("after-hostility");
     copy_from(&w, "reader", &serve.url, &fresh, &w.built);
     w.assert_same_as_source("check", &fresh.display().to_string(), &w.built);
@@ -770,7 +869,7 @@ fn hostile_uploads_are_refused_and_leave_nothing_visible() {
 #[test]
 fn uploads_need_the_token_and_a_read_only_cache_takes_none() {
     let Some(w) = world() else { return };
-    let serve = Serve::start(&w.work.join("cache"), &["--upload-token", "s3cret-token"]);
+    let serve = Serve::start(&w.work.join("cache"), &["--upload-token", TOKEN]);
     let (status, _) = w.request(&[], &format!("{}/nar/x.nar", serve.url), Some(b"x"));
     assert_eq!(status, 401);
     let err = run_fail(w.nix_cmd("anonymous", &w.src()).args([

@@ -233,10 +233,16 @@ impl NixCache {
         };
         let mut text = String::new();
         reader
-            .take(NARINFO_MAX)
+            .take(NARINFO_MAX + 1)
             .read_to_string(&mut text)
             .await
             .map_err(|e| remote(format!("{}/{file}: {e}", self.name)))?;
+        if text.len() as u64 > NARINFO_MAX {
+            return Err(remote(format!(
+                "{}/{file} is larger than {NARINFO_MAX} bytes",
+                self.name
+            )));
+        }
         NarInfo::parse(&text)
             .map(Some)
             .map_err(|e| remote(format!("{}/{file}: {e}", self.name)))
@@ -303,7 +309,10 @@ impl PathInfoService for NixCache {
                 self.name, narinfo.url
             )));
         };
-        let nar = decoder(BufReader::with_capacity(READ_BUFFER, file), compression);
+        // A cache that sends more than the narinfo says is cut off one
+        // byte past it (and then fails the size check), not read forever.
+        let nar = decoder(BufReader::with_capacity(READ_BUFFER, file), compression)
+            .take(narinfo.nar_size.saturating_add(1));
         let ingested = ingest_nar(
             nar,
             self.blobs.clone(),
@@ -335,9 +344,7 @@ impl PathInfoService for NixCache {
             deriver: narinfo.deriver,
             ca: narinfo.ca,
         };
-        // What the PathInfo will refer to is durable before anyone can
-        // store the PathInfo.
-        self.blobs.sync().await?;
+        // ingest_nar made the blobs durable before the directories.
         Ok(Some(info))
     }
 

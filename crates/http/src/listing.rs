@@ -48,53 +48,83 @@ fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
-/// One node, in Nix's key order (`type` first); `path` is its path below
-/// the root, names joined with `/` as the layout records them. Recursive:
-/// one small frame per level of the tree.
+/// Writes `root` in Nix's key order (`type` first). Iterative, like the
+/// NAR layout: a tree thousands of levels deep must not exhaust the
+/// stack. `path` is the current node's path below the root, names joined
+/// with `/` as the layout records them.
 fn node_json(
     out: &mut Vec<u8>,
-    node: &Node,
+    root: &Node,
     closure: &HashMap<B3Digest, Directory>,
     offsets: &HashMap<&[u8], u64>,
     path: &mut Vec<u8>,
 ) {
-    match node {
-        Node::File {
-            size, executable, ..
-        } => {
-            out.extend_from_slice(format!("{{\"type\":\"regular\",\"size\":{size}").as_bytes());
-            if *executable {
-                out.extend_from_slice(b",\"executable\":true");
-            }
-            if let Some(offset) = offsets.get(path.as_slice()) {
-                out.extend_from_slice(format!(",\"narOffset\":{offset}").as_bytes());
-            }
-            out.push(b'}');
-        }
-        Node::Symlink { target } => {
-            out.extend_from_slice(b"{\"type\":\"symlink\",\"target\":");
-            string(out, target.as_bytes());
-            out.push(b'}');
-        }
-        Node::Directory { digest, .. } => {
-            out.extend_from_slice(b"{\"type\":\"directory\",\"entries\":{");
-            if let Some(dir) = closure.get(digest) {
-                for (i, (name, child)) in dir.entries().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
+    /// A directory being written: its entries, the next one, and the
+    /// length of `path` before its children's names.
+    struct Open<'a> {
+        entries: Vec<(&'a [u8], &'a Node)>,
+        next: usize,
+        path_len: usize,
+    }
+    let mut stack: Vec<Open<'_>> = Vec::new();
+    let mut current = Some(root);
+    loop {
+        if let Some(node) = current.take() {
+            match node {
+                Node::File {
+                    size, executable, ..
+                } => {
+                    out.extend_from_slice(
+                        format!("{{\"type\":\"regular\",\"size\":{size}").as_bytes(),
+                    );
+                    if *executable {
+                        out.extend_from_slice(b",\"executable\":true");
                     }
-                    string(out, name.as_bytes());
-                    out.push(b':');
-                    let len = path.len();
-                    if !path.is_empty() {
-                        path.push(b'/');
+                    if let Some(offset) = offsets.get(path.as_slice()) {
+                        out.extend_from_slice(format!(",\"narOffset\":{offset}").as_bytes());
                     }
-                    path.extend_from_slice(name.as_bytes());
-                    node_json(out, child, closure, offsets, path);
-                    path.truncate(len);
+                    out.push(b'}');
+                }
+                Node::Symlink { target } => {
+                    out.extend_from_slice(b"{\"type\":\"symlink\",\"target\":");
+                    string(out, target.as_bytes());
+                    out.push(b'}');
+                }
+                Node::Directory { digest, .. } => {
+                    out.extend_from_slice(b"{\"type\":\"directory\",\"entries\":{");
+                    let entries = closure
+                        .get(digest)
+                        .map(|d| d.entries().map(|(n, c)| (n.as_bytes(), c)).collect())
+                        .unwrap_or_default();
+                    stack.push(Open {
+                        entries,
+                        next: 0,
+                        path_len: path.len(),
+                    });
                 }
             }
-            out.extend_from_slice(b"}}");
+        }
+        // The next child of the innermost open directory, or close it.
+        let Some(open) = stack.last_mut() else { break };
+        path.truncate(open.path_len);
+        match open.entries.get(open.next) {
+            Some(&(name, child)) => {
+                if open.next > 0 {
+                    out.push(b',');
+                }
+                open.next += 1;
+                string(out, name);
+                out.push(b':');
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name);
+                current = Some(child);
+            }
+            None => {
+                out.extend_from_slice(b"}}");
+                stack.pop();
+            }
         }
     }
 }

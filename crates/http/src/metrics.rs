@@ -31,7 +31,7 @@ struct Series {
 /// The cache's counters.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), Series>>,
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), Series>>,
     pub(crate) nar_bytes: AtomicU64,
     pub(crate) narinfo_hits: AtomicU64,
     pub(crate) narinfo_misses: AtomicU64,
@@ -60,7 +60,7 @@ fn route_of(path: &str) -> &'static str {
 }
 
 impl Metrics {
-    fn record(&self, route: &'static str, method: String, status: u16, seconds: f64) {
+    fn record(&self, route: &'static str, method: &'static str, status: u16, seconds: f64) {
         let Ok(mut map) = self.requests.lock() else {
             return;
         };
@@ -159,7 +159,14 @@ impl Metrics {
 /// Middleware: counts each request and times it to its response head.
 pub(crate) async fn track(State(server): State<CacheServer>, req: Request, next: Next) -> Response {
     let route = route_of(req.uri().path());
-    let method = req.method().as_str().to_owned();
+    // A fixed set of labels: any token is a valid method, and each new
+    // label would be a new series kept forever.
+    let method = match req.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        _ => "other",
+    };
     let started = Instant::now();
     let response = next.run(req).await;
     server.inner.metrics.record(

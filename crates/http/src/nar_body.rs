@@ -20,7 +20,9 @@ use bytes::Bytes;
 use cairn_castore::BlobService;
 use cairn_store::render::{NarLayout, NarSink, RenderError};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -46,7 +48,7 @@ impl NarSink for ChannelSink {
 }
 
 /// Renders `range` of `layout`'s NAR on a task of its own; the stream
-/// ends with an error if rendering fails.
+/// ends with an error if rendering fails, or if the task panics.
 fn rendered(
     blobs: Arc<dyn BlobService>,
     layout: Arc<NarLayout>,
@@ -56,12 +58,50 @@ fn rendered(
     let (tx, mut rx) = mpsc::channel(CHANNEL_PIECES);
     tokio::spawn(async move {
         let mut sink = ChannelSink(tx.clone());
-        if let Err(e) = layout.render_range(blobs.as_ref(), range, &mut sink).await {
-            if !matches!(e, RenderError::Output(_)) {
-                tracing::error!(nar = %what, error = %e, "NAR failed midway; dropping the connection");
-            }
-            let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+        let rendering = layout.render_range(blobs.as_ref(), range, &mut sink);
+        let failure = match AssertUnwindSafe(rendering).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(RenderError::Output(_))) => None, // the client went away
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the renderer panicked".to_owned()),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(nar = %what, error = %reason, "NAR failed midway; dropping the connection");
+            let _ = tx.send(Err(io::Error::other(reason))).await;
         }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// `plain` compressed on a blocking thread (xz runs at a few MB/s per
+/// core: on the async workers it would stall every other request).
+fn compressed(
+    plain: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+    compression: ServedCompression,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let (tx, mut rx) = mpsc::channel(CHANNEL_PIECES);
+    tokio::task::spawn_blocking(move || {
+        let input = StreamReader::new(plain);
+        let mut out: BoxStream<'static, io::Result<Bytes>> = match compression {
+            ServedCompression::None => input.into_inner().boxed(),
+            ServedCompression::Zstd => encoded(ZstdEncoder::with_quality(input, Level::Default)),
+            // Nix's own default for xz.
+            ServedCompression::Xz => encoded(XzEncoder::with_quality(input, Level::Precise(6))),
+            ServedCompression::Bzip2 => encoded(BzEncoder::with_quality(input, Level::Default)),
+            // Brotli's default (11) is far too slow to stream.
+            ServedCompression::Brotli => {
+                encoded(BrotliEncoder::with_quality(input, Level::Precise(5)))
+            }
+            ServedCompression::Gzip => encoded(GzipEncoder::with_quality(input, Level::Default)),
+        };
+        futures::executor::block_on(async move {
+            while let Some(piece) = out.next().await {
+                let failed = piece.is_err();
+                if tx.send(piece).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
@@ -78,16 +118,10 @@ pub(crate) fn nar_body(
     compression: ServedCompression,
     what: String,
 ) -> Body {
-    let plain = rendered(inner.store.blobs.clone(), layout, range, what);
-    let input = StreamReader::new(plain);
-    let level = Level::Default;
+    let plain = Box::pin(rendered(inner.store.blobs.clone(), layout, range, what));
     let stream: BoxStream<'static, io::Result<Bytes>> = match compression {
-        ServedCompression::None => input.into_inner().boxed(),
-        ServedCompression::Zstd => encoded(ZstdEncoder::with_quality(input, level)),
-        ServedCompression::Xz => encoded(XzEncoder::with_quality(input, level)),
-        ServedCompression::Bzip2 => encoded(BzEncoder::with_quality(input, level)),
-        ServedCompression::Brotli => encoded(BrotliEncoder::with_quality(input, level)),
-        ServedCompression::Gzip => encoded(GzipEncoder::with_quality(input, level)),
+        ServedCompression::None => plain,
+        other => compressed(plain, other).boxed(),
     };
     let counting = inner.clone();
     Body::from_stream(stream.inspect(move |piece| {

@@ -79,11 +79,10 @@ pub(crate) async fn not_found() -> Response {
 /// `/HASH.narinfo` and `/HASH.ls`.
 pub(crate) async fn top_level(
     State(server): State<CacheServer>,
-    method: Method,
     Path(file): Path<String>,
 ) -> Response {
     if let Some(hash) = file.strip_suffix(".narinfo") {
-        narinfo(&server, hash, method == Method::HEAD).await
+        narinfo(&server, hash).await
     } else if let Some(hash) = file.strip_suffix(".ls") {
         listing(&server, hash).await
     } else {
@@ -120,7 +119,7 @@ pub(crate) fn nar_url(info: &PathInfo, compression: ServedCompression) -> String
     )
 }
 
-async fn narinfo(server: &CacheServer, hash: &str, head: bool) -> Response {
+async fn narinfo(server: &CacheServer, hash: &str) -> Response {
     let metrics = &server.inner.metrics;
     let info = match lookup(server, hash).await {
         Ok(info) => info,
@@ -140,18 +139,12 @@ async fn narinfo(server: &CacheServer, hash: &str, head: bool) -> Response {
     if let Some(key) = &config.sign_key {
         narinfo.sign(key);
     }
-    let text = narinfo.to_string();
-    let mut response = (
+    // For HEAD, axum sends these headers (and the length) without the body.
+    (
         [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
-        if head { String::new() } else { text.clone() },
+        narinfo.to_string(),
     )
-        .into_response();
-    if head {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
-    }
-    response
+        .into_response()
 }
 
 /// The directory closure below `info`'s root and its NAR layout.
@@ -200,6 +193,12 @@ async fn listing(server: &CacheServer, hash: &str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// An empty body whose length is not announced: a HEAD answer for a
+/// response whose GET is chunked (axum would say `Content-Length: 0`).
+fn no_body_unknown_length() -> Body {
+    Body::from_stream(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
+}
+
 /// What one of this server's own NAR URLs (`HASH-NARHASH.nar[.EXT]`) names.
 fn own_nar_url(file: &str) -> Option<NarTarget> {
     let (stem, compression) = ServedCompression::from_extension(file)?;
@@ -222,15 +221,17 @@ pub(crate) async fn nar(
     let url = format!("nar/{file}");
     // `nix copy --to` asks whether a NAR it is about to upload is here.
     if head && server.inner.pending.contains(&url) {
-        return StatusCode::OK.into_response();
+        return Response::new(no_body_unknown_length());
     }
     // An uploader's own URL (a point read in redb, done in place like the
     // PathInfo lookup), else one of ours.
     let target = match server.inner.nar_urls.lookup(&url) {
         Ok(Some(target)) => target,
+        // Only the compression configured: anything else would let any
+        // client make the server spend its CPU on xz or brotli.
         Ok(None) => match own_nar_url(&file) {
-            Some(target) => target,
-            None => return not_found().await,
+            Some(target) if target.compression == server.inner.config.compression => target,
+            _ => return not_found().await,
         },
         Err(e) => return internal("NAR URL", e),
     };
@@ -317,8 +318,10 @@ pub(crate) async fn nar(
             HeaderValue::from(range.end - range.start),
         );
     }
-    let body = if head {
+    let body = if head && compression == ServedCompression::None {
         Body::empty()
+    } else if head {
+        no_body_unknown_length()
     } else {
         nar_body(&server.inner, Arc::new(layout), range, compression, what)
     };

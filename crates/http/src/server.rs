@@ -148,6 +148,9 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// A configuration that would be unsafe to run.
+    #[error("{0}")]
+    Unsafe(&'static str),
     /// Listening or serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -156,6 +159,13 @@ pub enum ServeError {
 impl CacheServer {
     /// A cache serving `store` as `config` says.
     pub fn new(store: Store, config: ServeConfig) -> Result<Self, ServeError> {
+        // Signing what anyone may upload would lend the key to anyone.
+        if config.sign_key.is_some() && config.upload_token.is_none() && !config.read_only {
+            return Err(ServeError::Unsafe(
+                "a signing key signs whatever is uploaded: protect uploads with an upload \
+                 token (--upload-token or CAIRN_UPLOAD_TOKEN), or serve read-only (--read-only)",
+            ));
+        }
         let state_err = |path: &std::path::Path, reason: String| ServeError::StateDir {
             path: path.to_owned(),
             reason,

@@ -20,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_castore::import::NoProgress;
+use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::nixbase32;
 use cairn_store::compression::{decoder, sniffing_decoder, Compression};
@@ -46,6 +47,8 @@ const NARINFO_MAX: usize = 1024 * 1024;
 const LOG_MAX: usize = 256 * 1024 * 1024;
 
 struct Pending {
+    /// Tells this upload from a later one to the same URL.
+    generation: u64,
     ingested: IngestedNar,
     /// Bytes as uploaded (narinfo `FileSize`).
     file_size: u64,
@@ -54,11 +57,14 @@ struct Pending {
 
 /// NARs uploaded and not yet claimed by a narinfo, by URL (`nar/FILE`).
 #[derive(Default)]
-pub(crate) struct PendingNars(Mutex<HashMap<String, Pending>>);
+pub(crate) struct PendingNars {
+    map: Mutex<HashMap<String, Pending>>,
+    generations: std::sync::atomic::AtomicU64,
+}
 
 impl PendingNars {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        match self.0.lock() {
+        match self.map.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -73,9 +79,11 @@ impl PendingNars {
                 map.remove(&oldest);
             }
         }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         map.insert(
             url,
             Pending {
+                generation,
                 ingested,
                 file_size,
                 at: now,
@@ -87,14 +95,24 @@ impl PendingNars {
         self.lock().contains_key(url)
     }
 
-    fn get(&self, url: &str) -> Option<(IngestedNar, u64)> {
+    /// The upload at `url`: its tree, its size as uploaded, its generation.
+    fn get(&self, url: &str) -> Option<(IngestedNar, u64, u64)> {
         self.lock()
             .get(url)
-            .map(|p| (p.ingested.clone(), p.file_size))
+            .map(|p| (p.ingested.clone(), p.file_size, p.generation))
     }
 
     fn remove(&self, url: &str) {
         self.lock().remove(url);
+    }
+
+    /// Forgets the upload at `url` if it is still `generation` (not
+    /// replaced by a newer upload meanwhile).
+    fn remove_generation(&self, url: &str, generation: u64) {
+        let mut map = self.lock();
+        if map.get(url).is_some_and(|p| p.generation == generation) {
+            map.remove(url);
+        }
     }
 }
 
@@ -193,11 +211,20 @@ pub(crate) async fn put_nar(
     });
     let store = &server.inner.store;
     let reader = StreamReader::new(stream);
-    // Brotli has no magic bytes; Nix names such uploads `.nar.br`.
-    let decoded = if file.ends_with(".br") {
-        Ok(decoder(reader, Compression::Brotli))
-    } else {
-        sniffing_decoder(reader).await
+    // The name says the compression (Nix's extensions); a plain `.nar`
+    // may still be gzip (Nix gives it no extension of its own), so that
+    // one is recognised by its first bytes.
+    let by_name = [
+        (".nar.xz", Compression::Xz),
+        (".nar.zst", Compression::Zstd),
+        (".nar.bz2", Compression::Bzip2),
+        (".nar.br", Compression::Brotli),
+    ]
+    .into_iter()
+    .find(|(ext, _)| file.ends_with(ext));
+    let decoded = match by_name {
+        Some((_, c)) => Ok(decoder(reader, c)),
+        None => sniffing_decoder(reader).await,
     };
     let nar = match decoded {
         Ok(nar) => nar,
@@ -277,27 +304,59 @@ async fn attach(server: &CacheServer, hash: &str, text: &[u8]) -> Result<(), (St
         )));
     }
     check_signatures(server, &narinfo).map_err(bad)?;
-    let Some((ingested, file_size)) = server.inner.pending.get(&narinfo.url) else {
-        return Err(bad(format!(
-            "its URL {} names no NAR uploaded here (PUT the NAR first)",
-            narinfo.url
-        )));
-    };
-    if let Some(expected) = narinfo.file_size {
-        if expected != file_size {
-            return Err(bad(format!(
-                "FileSize says {expected} bytes, {} has {file_size}",
-                narinfo.url
-            )));
-        }
-    }
     let store = &server.inner.store;
+    // Replacing a path by one with other contents is refused: whoever
+    // trusts this cache's signatures would get different bytes under a
+    // name they already had.
+    match store.path_infos.get(narinfo.store_path.digest()).await {
+        Ok(Some(existing)) if NixHash::sha256(existing.nar_sha256) != narinfo.nar_hash => {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "{} is here already, with NAR hash {}",
+                    narinfo.store_path,
+                    NixHash::sha256(existing.nar_sha256).to_nix_base32_string()
+                ),
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+    let (ingested, generation) = match server.inner.pending.get(&narinfo.url) {
+        Some((ingested, file_size, generation)) => {
+            if let Some(expected) = narinfo.file_size {
+                if expected != file_size {
+                    return Err(bad(format!(
+                        "FileSize says {expected} bytes, {} has {file_size}",
+                        narinfo.url
+                    )));
+                }
+            }
+            (ingested, Some(generation))
+        }
+        // Nix skips uploading a NAR whose URL answers HEAD, as one does
+        // when another path with the same contents was uploaded before.
+        None => match served_nar(server, &narinfo.url).await? {
+            Some(ingested) => (ingested, None),
+            None => {
+                return Err(bad(format!(
+                    "its URL {} names no NAR uploaded here (PUT the NAR first)",
+                    narinfo.url
+                )))
+            }
+        },
+    };
     match store
         .add_ingested(ingested, NarDescription::from(&narinfo))
         .await
     {
         Ok(info) => {
-            server.inner.pending.remove(&narinfo.url);
+            if let Some(generation) = generation {
+                server
+                    .inner
+                    .pending
+                    .remove_generation(&narinfo.url, generation);
+            }
             tracing::info!(path = %info.store_path, "path added by upload");
             remember_url(server, &narinfo).await;
             Ok(())
@@ -310,6 +369,40 @@ async fn attach(server: &CacheServer, hash: &str, text: &[u8]) -> Result<(), (St
         ) => Err(bad(e.to_string())),
         Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+/// The tree behind a NAR URL an earlier upload recorded, if that path is
+/// still here with that NAR.
+async fn served_nar(
+    server: &CacheServer,
+    url: &str,
+) -> Result<Option<IngestedNar>, (StatusCode, String)> {
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
+    let Some(target) = server
+        .inner
+        .nar_urls
+        .lookup(url)
+        .map_err(|e| internal(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let Some(digest) = crate::routes::parse_hash_part(&target.hash_part) else {
+        return Ok(None);
+    };
+    let info = server
+        .inner
+        .store
+        .path_infos
+        .get(&digest)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    Ok(info
+        .filter(|i| nixbase32::encode(&i.nar_sha256) == target.nar_hash)
+        .map(|i| IngestedNar {
+            node: i.node,
+            nar_size: i.nar_size,
+            nar_sha256: i.nar_sha256,
+        }))
 }
 
 /// Records the uploader's NAR URL, which its Nix will ask for later.
@@ -405,11 +498,18 @@ pub(crate) async fn put_log(
         Some(c) => {
             let mut out = Vec::new();
             let reader = decoder(BufReader::new(std::io::Cursor::new(sent)), c);
-            if let Err(e) = reader.take(LOG_MAX as u64).read_to_end(&mut out).await {
+            if let Err(e) = reader.take(LOG_MAX as u64 + 1).read_to_end(&mut out).await {
                 return refuse(
                     &server,
                     StatusCode::BAD_REQUEST,
                     format!("log/{drv}: cannot decode {encoding}: {e}"),
+                );
+            }
+            if out.len() > LOG_MAX {
+                return refuse(
+                    &server,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("log/{drv}: more than {LOG_MAX} bytes once decoded"),
                 );
             }
             out

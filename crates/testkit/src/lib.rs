@@ -489,30 +489,35 @@ pub mod nar_corpus {
 
 /// Starts a server whose first stderr line is `PREFIX ADDRESS` (`cairn
 /// daemon: listening on …`, `cairn serve: listening on …`) and returns it
-/// with ADDRESS. The rest of its stderr is echoed to the test's stderr
-/// (prefixed with `[NAME]`), so the server never blocks on a full pipe
-/// and its log shows up under a failing test.
-pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> (std::process::Child, String) {
+/// with ADDRESS, or why it could not. The rest of its stderr is echoed to
+/// this process's stderr (prefixed with `[NAME]`), so the server never
+/// blocks on a full pipe and its log shows up under a failing test.
+pub fn spawn_announcing(
+    cmd: &mut Command,
+    prefix: &str,
+) -> Result<(std::process::Child, String), String> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .next()
-        .unwrap_or_else(|| panic!("{cmd:?} exited before announcing itself"))
-        .unwrap();
-    let address = line
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("{cmd:?}: unexpected first line {line:?}"))
-        .to_owned();
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let line = match lines.next() {
+        Some(Ok(line)) => line,
+        _ => return Err(format!("{cmd:?} exited before announcing itself")),
+    };
+    let Some(address) = line.strip_prefix(prefix).map(str::to_owned) else {
+        let _ = child.kill();
+        return Err(format!("{cmd:?}: unexpected first line {line:?}"));
+    };
     let name = prefix.split(':').next().unwrap_or(prefix).to_owned();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             eprintln!("[{name}] {line}");
         }
     });
-    (child, address)
+    Ok((child, address))
 }

@@ -224,27 +224,10 @@ fn wait_with_rusage(pid: libc::pid_t) -> io::Result<(ExitStatus, libc::rusage)> 
     }
 }
 
-/// Starts a server whose first stderr line is `prefix` followed by its
-/// address (`cairn daemon: listening on …`), and returns it with the
-/// address; the rest of its stderr is drained so it never blocks.
+/// Starts a server whose first stderr line announces its address (see
+/// `cairn_testkit::spawn_announcing`); its later stderr goes to ours.
 pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> Result<(std::process::Child, String)> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
-    let line = lines
-        .next()
-        .with_context(|| format!("{cmd:?} exited before announcing itself"))??;
-    let address = line
-        .strip_prefix(prefix)
-        .with_context(|| format!("unexpected first line from {cmd:?}: {line}"))?
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, address))
+    cairn_testkit::spawn_announcing(cmd, prefix).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -55,7 +55,19 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first (nginx's master then stops its workers; a SIGKILL
+    /// would orphan them), SIGKILL if it is still there after 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
