@@ -83,6 +83,12 @@ enum Command {
     /// arrive and appear once their narinfo checks out. Stops on SIGTERM or
     /// SIGINT after finishing the requests in flight.
     Serve(commands::serve::ServeArgs),
+    /// Mount the store as a read-only filesystem (FUSE) that fetches only what is read.
+    ///
+    /// Every store path appears under MOUNTPOINT by its base name; a
+    /// directory is fetched when first looked into, a file's contents
+    /// (chunk by chunk, verified) when read. Unmounts on SIGTERM or SIGINT.
+    Mount(commands::mount::MountArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
         Command::Daemon(a) => commands::daemon::run(a),
         Command::Copy(a) => commands::copy::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Mount(a) => commands::mount::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

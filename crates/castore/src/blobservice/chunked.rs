@@ -132,11 +132,14 @@ impl<S: ChunkSource> AsyncRead for ChunkedReader<S> {
             let Some((_, fut)) = this.loading.as_mut() else {
                 continue;
             };
-            let data = match fut.as_mut().poll(cx) {
+            let loaded = match fut.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r.map_err(Error::into_io)?,
+                Poll::Ready(r) => r,
             };
+            // A finished future must never be polled again, failed or not:
+            // the next read loads the chunk afresh.
             this.loading = None;
+            let data = loaded.map_err(Error::into_io)?;
             let meta = this.chunks[idx];
             if data.len() as u64 != meta.size {
                 return Poll::Ready(Err(Error::Integrity {
@@ -173,5 +176,76 @@ impl<S: ChunkSource> AsyncSeek for ChunkedReader<S> {
 
     fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         Poll::Ready(Ok(self.pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+    use super::*;
+
+    /// Chunks from memory; the first `failures` loads fail.
+    struct Flaky {
+        chunks: Vec<Bytes>,
+        failures: Arc<AtomicUsize>,
+    }
+
+    impl ChunkSource for Flaky {
+        fn load(&self, chunk: ChunkMeta) -> BoxFuture<'static, Result<Bytes, Error>> {
+            let failing = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let data = self
+                .chunks
+                .iter()
+                .find(|c| B3Digest::from(blake3::hash(c)) == chunk.digest)
+                .cloned();
+            Box::pin(async move {
+                if failing {
+                    return Err(Error::Storage("flaky".into()));
+                }
+                data.ok_or(Error::NotFound {
+                    what: "chunk",
+                    digest: chunk.digest,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_retried_not_polled_again() {
+        let chunks = vec![
+            Bytes::from_static(b"first chunk "),
+            Bytes::from_static(b"second"),
+        ];
+        let metas = chunks
+            .iter()
+            .map(|c| ChunkMeta {
+                digest: B3Digest::from(blake3::hash(c)),
+                size: c.len() as u64,
+            })
+            .collect();
+        let whole = B3Digest::from(blake3::hash(b"first chunk second"));
+        let failures = Arc::new(AtomicUsize::new(1));
+        let mut reader = ChunkedReader::new(
+            Flaky {
+                chunks,
+                failures: failures.clone(),
+            },
+            whole,
+            metas,
+        );
+        let mut buf = Vec::new();
+        assert!(reader.read_to_end(&mut buf).await.is_err());
+        // Reading on works: the failed load was dropped and made again.
+        reader.seek(io::SeekFrom::Start(0)).await.unwrap();
+        buf.clear();
+        reader.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"first chunk second");
     }
 }

@@ -5,6 +5,7 @@ pub mod copy;
 pub mod daemon;
 pub mod gc;
 pub mod key;
+pub mod mount;
 pub mod nar;
 pub mod narinfo;
 pub mod serve;

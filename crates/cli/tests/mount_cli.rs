@@ -1,0 +1,88 @@
+//! `cairn mount` as a user runs it: mounted from the embedded store, read
+//! through, and unmounted cleanly on SIGTERM; a mount point that cannot
+//! be used is a one-line error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_testkit::{oracle, run_ok, spawn_announcing};
+
+fn cairn() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.env_remove("CAIRN_DATA_DIR")
+        .env_remove("CAIRN_STORE_ADDR");
+    c
+}
+
+fn is_mounted(path: &Path) -> bool {
+    fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()))
+}
+
+#[test]
+fn mount_reads_the_store_and_unmounts_on_sigterm() {
+    if oracle("fusermount3").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("bin")).unwrap();
+    fs::write(tree.join("bin/hello"), b"#!/bin/sh\necho hello\n").unwrap();
+    let path = String::from_utf8(run_ok(
+        cairn()
+            .arg("import")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(&tree),
+    ))
+    .unwrap()
+    .trim()
+    .to_owned();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let (mut child, at) = spawn_announcing(
+        cairn().arg("mount").arg("--data-dir").arg(&data).arg(&mnt),
+        "cairn mount: mounted at ",
+    )
+    .unwrap();
+    assert_eq!(Path::new(&at), mnt);
+    let base = path.trim_start_matches("/nix/store/");
+    assert_eq!(
+        fs::read(mnt.join(base).join("bin/hello")).unwrap(),
+        b"#!/bin/sh\necho hello\n"
+    );
+
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "cairn mount ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
+}
+
+#[test]
+fn a_mount_point_that_cannot_be_used_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .arg("mount")
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg(tmp.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot mount at"), "{err}");
+}

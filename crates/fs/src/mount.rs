@@ -1,0 +1,186 @@
+//! Serving a [`StoreFs`] on a FUSE mount point: mount with `fusermount3`
+//! (no root needed), then a pool of threads, each with its own channel to
+//! `/dev/fuse`, answering requests until the mount goes away.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cairn_store::Store;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::FuseSession;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use crate::StoreFs;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Listing the root enumerates every store path.
+    pub list_root: bool,
+    /// Let users other than the one mounting read the mount (needs
+    /// `user_allow_other` in /etc/fuse.conf unless mounting as root).
+    pub allow_other: bool,
+    /// Threads answering requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            list_root: false,
+            allow_other: false,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() * 2)
+                .unwrap_or(4)
+                .max(2),
+        }
+    }
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Mounting failed: no FUSE, no permission, a bad mount point.
+    #[error(
+        "cannot mount at {mountpoint}: {reason} (FUSE needs /dev/fuse and fusermount3: \
+         on Debian, apt-get install fuse3)"
+    )]
+    Mount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// What the FUSE layer said.
+        reason: String,
+    },
+    /// Unmounting failed (something still uses the mount?).
+    #[error("cannot unmount {mountpoint}: {reason}")]
+    Unmount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// What the FUSE layer said.
+        reason: String,
+    },
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mounted {
+    session: FuseSession,
+    threads: Vec<JoinHandle<()>>,
+    mountpoint: PathBuf,
+    gone: Arc<Notify>,
+    /// Set before unmounting: channels failing after it is expected.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Mounts `store` read-only at `mountpoint`, calling the services through
+/// `rt`.
+pub fn mount(
+    store: Store,
+    rt: Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mounted, MountError> {
+    let failed = |reason: String| MountError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        reason,
+    };
+    let mut session =
+        FuseSession::new(mountpoint, "cairn", "cairn", true).map_err(|e| failed(e.to_string()))?;
+    session.set_allow_other(options.allow_other);
+    session.mount().map_err(|e| failed(e.to_string()))?;
+    let server = Arc::new(Server::new(Arc::new(StoreFs::new(
+        store,
+        rt,
+        options.list_root,
+    ))));
+    let gone = Arc::new(Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..options.threads.max(1) {
+        let mut channel = match session.new_channel() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = session.umount();
+                return Err(failed(format!("FUSE channel: {e}")));
+            }
+        };
+        let server = server.clone();
+        let gone = gone.clone();
+        let stopping = stopping.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("cairn-fuse-{i}"))
+            .spawn(move || {
+                loop {
+                    match channel.get_request() {
+                        Ok(Some((reader, writer))) => {
+                            if let Err(e) = server.handle_message(reader, writer.into(), None, None)
+                            {
+                                // A request the kernel gave up on (interrupted) cannot be
+                                // answered; anything else is worth a line.
+                                tracing::debug!(error = %e, "FUSE request failed");
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !stopping.load(Ordering::Relaxed) {
+                                tracing::warn!(error = %e, "FUSE channel failed");
+                            }
+                            break;
+                        }
+                    }
+                }
+                gone.notify_one();
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                let _ = session.umount();
+                return Err(failed(format!("cannot start a thread: {e}")));
+            }
+        }
+    }
+    Ok(Mounted {
+        session,
+        threads,
+        mountpoint: mountpoint.to_owned(),
+        gone,
+        stopping,
+    })
+}
+
+impl Mounted {
+    /// Resolves when the mount went away from outside (`fusermount3 -u`).
+    pub async fn unmounted_elsewhere(&self) {
+        self.gone.notified().await;
+    }
+
+    /// Unmounts and waits for the serving threads.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), MountError> {
+        self.stopping.store(true, Ordering::Relaxed);
+        let result = self.session.umount().map_err(|e| MountError::Unmount {
+            mountpoint: self.mountpoint.clone(),
+            reason: e.to_string(),
+        });
+        let _ = self.session.wake();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            if let Err(e) = self.stop() {
+                tracing::warn!(error = %e, "unmounting on drop");
+            }
+        }
+    }
+}
