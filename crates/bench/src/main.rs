@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod corpus;
+mod fs;
 mod grpc;
 mod harness;
 mod http;
@@ -42,6 +43,8 @@ enum Group {
     Grpc(grpc::GrpcArgs),
     /// `cairn serve` against nginx serving files: NAR downloads, narinfo requests/s, `nix copy --from`.
     Http(http::HttpArgs),
+    /// Reading through `cairn mount` against the same tree on local disk, cold and warm.
+    Fs(fs::FsArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Group::Store(args) => store::run(args),
         Group::Grpc(args) => grpc::run(args),
         Group::Http(args) => http::run_group(args),
+        Group::Fs(args) => fs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cairn_castore::blobservice::BlobReader;
-use cairn_castore::{Directory, Node};
+use cairn_castore::{B3Digest, Directory, Node};
 use cairn_nix::store_path::StorePath;
 use cairn_store::Store;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
@@ -45,9 +45,13 @@ fn eio(what: &str, e: impl std::fmt::Display) -> io::Error {
     errno(libc::EIO)
 }
 
-/// An open regular file.
+/// An open regular file. Its blob reader is opened on the first read
+/// that reaches this process: a read the kernel serves from its page
+/// cache (an immutable file, `KEEP_CACHE`) must cost no service call,
+/// so `open` itself asks the store nothing.
 struct OpenFile {
-    reader: Box<dyn BlobReader>,
+    digest: B3Digest,
+    reader: Option<Box<dyn BlobReader>>,
     /// Where the reader is.
     position: u64,
     size: u64,
@@ -233,14 +237,30 @@ impl StoreFs {
         let want = (f.size - offset).min(u64::from(size)) as usize;
         let mut buf = vec![0u8; want];
         let f = &mut *f;
+        let store = &self.store;
         self.block(|| async {
+            let reader = match &mut f.reader {
+                Some(r) => r,
+                None => {
+                    let opened = store
+                        .blobs
+                        .open_read(&f.digest)
+                        .await
+                        .map_err(io::Error::other)?
+                        .ok_or_else(|| {
+                            io::Error::other(format!("blob {} is not in the store", f.digest))
+                        })?;
+                    f.position = 0;
+                    f.reader.insert(opened)
+                }
+            };
             if f.position != offset {
-                f.reader.seek(SeekFrom::Start(offset)).await?;
+                reader.seek(SeekFrom::Start(offset)).await?;
                 f.position = offset;
             }
             let mut got = 0;
             while got < want {
-                let n = f.reader.read(&mut buf[got..]).await?;
+                let n = reader.read(&mut buf[got..]).await?;
                 if n == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -272,8 +292,10 @@ impl FileSystem for StoreFs {
     type Inode = u64;
     type Handle = u64;
 
-    fn init(&self, _capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(FsOptions::empty())
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        // Reads of up to 1 MiB per request (not 128 KiB), several in
+        // flight at once, and directory operations in parallel.
+        Ok(capable & (FsOptions::MAX_PAGES | FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -327,12 +349,9 @@ impl FileSystem for StoreFs {
             Kind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
             _ => return Err(errno(libc::EISDIR)),
         };
-        let reader = self
-            .block(|| self.store.blobs.open_read(&digest))?
-            .map_err(|e| eio(&format!("blob {digest}"), e))?
-            .ok_or_else(|| eio(&format!("blob {digest}"), "not in the store"))?;
         let handle = self.new_handle(OpenHandle::File(Mutex::new(OpenFile {
-            reader,
+            digest,
+            reader: None,
             position: 0,
             size,
         })))?;
