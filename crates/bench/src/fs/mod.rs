@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
-use crate::harness::process::spawn_announcing;
+use crate::harness::process::{spawn_announcing, stop_gracefully};
 use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
@@ -63,18 +63,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_gracefully(&mut self.child, Duration::from_secs(20));
     }
 }
 

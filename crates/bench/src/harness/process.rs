@@ -230,6 +230,24 @@ pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> Result<(std::process
     cairn_testkit::spawn_announcing(cmd, prefix).map_err(anyhow::Error::msg)
 }
 
+/// Stops a server: SIGTERM (so it can finish cleanly; nginx's master
+/// then stops its workers, which SIGKILL would orphan), SIGKILL if it is
+/// still running after `grace`.
+pub fn stop_gracefully(child: &mut std::process::Child, grace: std::time::Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
-use crate::harness::process::spawn_announcing;
+use crate::harness::process::{spawn_announcing, stop_gracefully};
 use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
@@ -55,21 +55,8 @@ struct Server {
 }
 
 impl Drop for Server {
-    /// SIGTERM first (nginx's master then stops its workers; a SIGKILL
-    /// would orphan them), SIGKILL if it is still there after 10 s.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_gracefully(&mut self.child, Duration::from_secs(10));
     }
 }
 
