@@ -89,6 +89,11 @@ enum Command {
     /// directory is fetched when first looked into, a file's contents
     /// (chunk by chunk, verified) when read. Unmounts on SIGTERM or SIGINT.
     Mount(commands::mount::MountArgs),
+    /// Serve the same lazy filesystem to a virtual machine, as a vhost-user virtio-fs device.
+    ///
+    /// Creates SOCKET and waits for the VMM to connect; serves until it
+    /// disconnects. The guest mounts it with `mount -t virtiofs TAG DIR`.
+    Virtiofs(commands::virtiofs::VirtiofsArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
     Nar(commands::nar::NarCommand),
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         Command::Copy(a) => commands::copy::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Mount(a) => commands::mount::run(a),
+        Command::Virtiofs(a) => commands::virtiofs::run(a),
         Command::Nar(cmd) => commands::nar::run(cmd),
         Command::StorePath(args) => commands::store_path::run(args),
         Command::Key(cmd) => commands::key::run(cmd),

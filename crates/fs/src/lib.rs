@@ -6,7 +6,8 @@
 //!
 //! [`StoreFs`] is the filesystem (the `fuse-backend-rs` `FileSystem`
 //! trait, which is transport-neutral: the same type can back virtio-fs);
-//! [`mount`] serves it on a mount point with a pool of threads.
+//! [`mount`] serves it on a mount point with a pool of threads, and
+//! [`serve_virtiofs`] to a virtual machine as a vhost-user device.
 //!
 //! This crate must not write to the store, nor know about addresses or
 //! the command line.
@@ -14,6 +15,8 @@
 mod inodes;
 mod mount;
 mod storefs;
+mod virtiofs;
 
 pub use mount::{mount, MountError, MountOptions, Mounted};
 pub use storefs::StoreFs;
+pub use virtiofs::{serve_virtiofs, VirtioFsError};

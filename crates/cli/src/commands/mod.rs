@@ -11,3 +11,4 @@ pub mod narinfo;
 pub mod serve;
 pub mod store;
 pub mod store_path;
+pub mod virtiofs;
