@@ -45,20 +45,31 @@ fn eio(what: &str, e: impl std::fmt::Display) -> io::Error {
     errno(libc::EIO)
 }
 
-/// An open regular file. Its blob reader is opened on the first read
-/// that reaches this process: a read the kernel serves from its page
-/// cache (an immutable file, `KEEP_CACHE`) must cost no service call,
-/// so `open` itself asks the store nothing.
+/// Blob readers kept per open file: the kernel reads ahead with several
+/// requests at once, and each needs a reader of its own to run in
+/// parallel rather than queue behind one.
+const READERS_PER_FILE: usize = 4;
+
+/// A blob reader and where it is.
+struct Cursor {
+    reader: Box<dyn BlobReader>,
+    position: u64,
+}
+
+/// An open regular file. Blob readers are opened on the first reads that
+/// reach this process: a read the kernel serves from its page cache (an
+/// immutable file, `KEEP_CACHE`) must cost no service call, so `open`
+/// itself asks the store nothing.
 struct OpenFile {
     digest: B3Digest,
-    reader: Option<Box<dyn BlobReader>>,
-    /// Where the reader is.
-    position: u64,
     size: u64,
+    /// Idle readers; a read takes one (preferring one already at its
+    /// offset) and puts it back when done.
+    idle: Mutex<Vec<Cursor>>,
 }
 
 enum OpenHandle {
-    File(Mutex<OpenFile>),
+    File(OpenFile),
     /// The root's listing (with `--list-root`), taken at `opendir`.
     RootListing(Vec<(Vec<u8>, Node)>),
 }
@@ -229,38 +240,42 @@ impl StoreFs {
     }
 
     /// Reads up to `size` bytes at `offset` of an open file.
-    fn read_at(&self, file: &Mutex<OpenFile>, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        let mut f = file.lock().map_err(|e| eio("open file", e))?;
+    fn read_at(&self, f: &OpenFile, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         if offset >= f.size {
             return Ok(Vec::new());
         }
         let want = (f.size - offset).min(u64::from(size)) as usize;
+        let taken = {
+            let mut idle = f.idle.lock().map_err(|e| eio("open file", e))?;
+            match idle.iter().position(|c| c.position == offset) {
+                Some(i) => Some(idle.swap_remove(i)),
+                None => idle.pop(),
+            }
+        };
         let mut buf = vec![0u8; want];
-        let f = &mut *f;
         let store = &self.store;
-        self.block(|| async {
-            let reader = match &mut f.reader {
-                Some(r) => r,
-                None => {
-                    let opened = store
+        let cursor = self.block(|| async {
+            let mut cursor = match taken {
+                Some(c) => c,
+                None => Cursor {
+                    reader: store
                         .blobs
                         .open_read(&f.digest)
                         .await
                         .map_err(io::Error::other)?
                         .ok_or_else(|| {
                             io::Error::other(format!("blob {} is not in the store", f.digest))
-                        })?;
-                    f.position = 0;
-                    f.reader.insert(opened)
-                }
+                        })?,
+                    position: 0,
+                },
             };
-            if f.position != offset {
-                reader.seek(SeekFrom::Start(offset)).await?;
-                f.position = offset;
+            if cursor.position != offset {
+                cursor.reader.seek(SeekFrom::Start(offset)).await?;
+                cursor.position = offset;
             }
             let mut got = 0;
             while got < want {
-                let n = reader.read(&mut buf[got..]).await?;
+                let n = cursor.reader.read(&mut buf[got..]).await?;
                 if n == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -272,10 +287,15 @@ impl StoreFs {
                     ));
                 }
                 got += n;
-                f.position += n as u64;
+                cursor.position += n as u64;
             }
-            Ok(())
+            Ok(cursor)
         })??;
+        // A reader that failed is dropped (above); a good one goes back.
+        let mut idle = f.idle.lock().map_err(|e| eio("open file", e))?;
+        if idle.len() < READERS_PER_FILE {
+            idle.push(cursor);
+        }
         Ok(buf)
     }
 }
@@ -349,12 +369,11 @@ impl FileSystem for StoreFs {
             Kind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
             _ => return Err(errno(libc::EISDIR)),
         };
-        let handle = self.new_handle(OpenHandle::File(Mutex::new(OpenFile {
+        let handle = self.new_handle(OpenHandle::File(OpenFile {
             digest,
-            reader: None,
-            position: 0,
             size,
-        })))?;
+            idle: Mutex::new(Vec::new()),
+        }))?;
         // Contents never change: the kernel may keep pages across opens.
         Ok((Some(handle), OpenOptions::KEEP_CACHE, None))
     }
