@@ -28,11 +28,6 @@ use cairn_store::{PathInfo, Store};
 use cairn_testkit::{generated_trees, oracle, pseudo_random_bytes, real_trees, run_ok};
 use tokio::runtime::Runtime;
 
-/// Whether FUSE can be used here (skips locally, fails in CI).
-fn fuse_available() -> bool {
-    oracle("fusermount3").is_some()
-}
-
 /// A store on disk in `dir`.
 fn disk_store(dir: &Path) -> Store {
     let objects = format!("objects://{}/objects", dir.display());
@@ -65,6 +60,8 @@ fn import(rt: &Runtime, store: &Store, tree: &Path) -> PathInfo {
         .unwrap()
 }
 
+/// A temporary directory with a mount point and a store, and a runtime;
+/// `None` (the test skips locally, fails in CI) without FUSE.
 struct Fixture {
     rt: Runtime,
     _tmp: tempfile::TempDir,
@@ -72,15 +69,21 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    fn new() -> Option<Fixture> {
+        oracle("fusermount3")?;
         let tmp = tempfile::tempdir().unwrap();
         let mountpoint = tmp.path().join("mnt");
         fs::create_dir(&mountpoint).unwrap();
-        Fixture {
+        Some(Fixture {
             rt: Runtime::new().unwrap(),
             _tmp: tmp,
             mountpoint,
-        }
+        })
+    }
+
+    /// The store on disk in this fixture (the same one each time).
+    fn store(&self) -> Store {
+        disk_store(&self.dir("store"))
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -158,11 +161,8 @@ fn find_count(root: &Path) -> usize {
 
 #[test]
 fn mounted_trees_are_the_imported_trees() {
-    if !fuse_available() {
-        return;
-    }
-    let f = Fixture::new();
-    let store = disk_store(&f.dir("store"));
+    let Some(f) = Fixture::new() else { return };
+    let store = f.store();
     let generated = f.dir("generated");
     fs::create_dir(&generated).unwrap();
     let mut trees = generated_trees(&generated);
@@ -195,11 +195,8 @@ fn mounted_trees_are_the_imported_trees() {
 
 #[test]
 fn random_reads_of_a_large_file_match_and_absent_paths_fail_fast() {
-    if !fuse_available() {
-        return;
-    }
-    let f = Fixture::new();
-    let store = disk_store(&f.dir("store"));
+    let Some(f) = Fixture::new() else { return };
+    let store = f.store();
     let tree = f.dir("big");
     fs::create_dir(&tree).unwrap();
     let data = pseudo_random_bytes(11, 24 << 20);
@@ -281,11 +278,8 @@ fn is_mounted(path: &Path) -> bool {
 
 #[test]
 fn parallel_readers_see_no_errors() {
-    if !fuse_available() {
-        return;
-    }
-    let f = Fixture::new();
-    let store = disk_store(&f.dir("store"));
+    let Some(f) = Fixture::new() else { return };
+    let store = f.store();
     let generated = f.dir("generated");
     fs::create_dir(&generated).unwrap();
     let sink = generated_trees(&generated)
@@ -383,11 +377,8 @@ impl BlobService for Counting {
 
 #[test]
 fn a_read_fetches_only_what_it_reads() {
-    if !fuse_available() {
-        return;
-    }
-    let f = Fixture::new();
-    let store = disk_store(&f.dir("store"));
+    let Some(f) = Fixture::new() else { return };
+    let store = f.store();
     let tree = f.dir("tree");
     fs::create_dir_all(tree.join("sub")).unwrap();
     let big = pseudo_random_bytes(5, 32 << 20);
@@ -447,17 +438,14 @@ fn a_read_fetches_only_what_it_reads() {
 
 #[test]
 fn a_corrupt_blob_reads_as_eio() {
-    if !fuse_available() {
-        return;
-    }
-    let f = Fixture::new();
+    let Some(f) = Fixture::new() else { return };
     let tree = f.dir("tree");
     fs::create_dir(&tree).unwrap();
     let data = pseudo_random_bytes(9, 4 << 20);
     fs::write(tree.join("data.bin"), &data).unwrap();
     fs::write(tree.join("ok.txt"), b"fine\n").unwrap();
     let info = {
-        let store = disk_store(&f.dir("store"));
+        let store = f.store();
         import(&f.rt, &store, &tree)
     };
     // Flip a byte in the middle of the pack: inside the large file.
@@ -472,7 +460,7 @@ fn a_corrupt_blob_reads_as_eio() {
     bytes[at] ^= 0x01;
     fs::write(&pack, &bytes).unwrap();
 
-    let _mounted = f.mount(disk_store(&f.dir("store")), false);
+    let _mounted = f.mount(f.store(), false);
     let err = fs::read(f.at(&info).join("data.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     // The rest of the path still reads.

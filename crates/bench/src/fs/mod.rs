@@ -18,7 +18,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
 use crate::harness::process::{spawn_announcing, stop_gracefully};
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "fs";
@@ -110,9 +110,7 @@ fn largest_file(root: &Path) -> Result<PathBuf> {
 
 /// Runs the group.
 pub fn run(args: FsArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
     let cairn = harness::cairn_binary()?;
@@ -260,37 +258,22 @@ pub fn run(args: FsArgs) -> Result<()> {
         println!("\ncold runs skipped: {why}");
     }
 
-    machine.loadavg_end = report::loadavg();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine,
-        tools: vec![ToolInfo {
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![ToolInfo {
             name: "cairn".into(),
             version: harness::tool_version(&cairn),
             path: cairn,
         }],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details {
+        Details {
             trees: &trees,
             columns: "cairn = through cairn mount, baseline = local disk",
             cold_skipped,
         },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {:.1} s", started.elapsed().as_secs_f64());
+        &jobs,
+    )?;
     Ok(())
 }

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, sync, Trash};
 use crate::harness::process::spawn_announcing;
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "grpc";
@@ -281,9 +281,7 @@ fn read_job(bench: &Bench, tree: &Tree, path: &str, runs: usize) -> Result<GrpcJ
 
 /// Runs the group.
 pub fn run(args: GrpcArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
     let cairn = harness::cairn_binary()?;
@@ -364,36 +362,21 @@ pub fn run(args: GrpcArgs) -> Result<()> {
         .collect();
     print!("{}", report::format_table(&headers, &align, &rows));
 
-    machine.loadavg_end = report::loadavg();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine,
-        tools: vec![ToolInfo {
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![ToolInfo {
             name: "cairn".into(),
             version: harness::tool_version(&cairn),
             path: cairn,
         }],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details {
+        Details {
             trees: &trees,
             columns: "cairn = through the daemon, baseline = direct",
         },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {:.1} s", started.elapsed().as_secs_f64());
+        &jobs,
+    )?;
     Ok(())
 }

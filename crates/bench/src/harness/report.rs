@@ -176,6 +176,17 @@ pub struct ToolInfo {
     pub version: String,
 }
 
+impl ToolInfo {
+    /// `path`, named `name`, with the version it reports.
+    pub fn of(name: &str, path: &Path) -> Self {
+        ToolInfo {
+            name: name.into(),
+            version: super::tool_version(path),
+            path: path.to_owned(),
+        }
+    }
+}
+
 /// How the run was configured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -269,6 +280,69 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// What every group records about its run, taken as it starts; the
+/// report is written (and where it went printed) by [`Run::finish`].
+pub struct Run {
+    started: std::time::Instant,
+    unix_time: u64,
+    date: String,
+    machine: Machine,
+}
+
+impl Run {
+    /// Now, and this machine as it is now.
+    pub fn start() -> Run {
+        let (unix_time, date) = now_utc();
+        Run {
+            started: std::time::Instant::now(),
+            unix_time,
+            date,
+            machine: Machine::probe(),
+        }
+    }
+
+    /// Writes group `group`'s JSON report and prints its path and the
+    /// total time.
+    #[allow(clippy::too_many_arguments)] // one call per group, all fields of the report
+    pub fn finish<D: Serialize, J: Serialize>(
+        mut self,
+        group: &'static str,
+        common: &super::CommonArgs,
+        runs: usize,
+        work_dir: PathBuf,
+        tools: Vec<ToolInfo>,
+        details: D,
+        jobs: &[J],
+    ) -> Result<()> {
+        self.machine.loadavg_end = loadavg();
+        let elapsed_s = self.started.elapsed().as_secs_f64();
+        let json_path = common.json_path(&work_dir, group);
+        let full = Report {
+            suite: "cairn-bench",
+            schema_version: SCHEMA_VERSION,
+            group,
+            date: self.date,
+            unix_time: self.unix_time,
+            elapsed_s,
+            machine: self.machine,
+            tools,
+            settings: Settings {
+                quick: common.quick,
+                runs,
+                warmup_pairs: super::WARMUP_PAIRS,
+                work_dir,
+            },
+            details,
+            jobs,
+        };
+        write_json(&json_path, &full)?;
+        println!();
+        println!("raw samples: {}", json_path.display());
+        println!("total time: {elapsed_s:.1} s");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
 use crate::harness::process::{spawn_announcing, stop_gracefully};
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "http";
@@ -355,9 +355,7 @@ fn nix_copy(t: &Tools, scratch: &Path, url: &str, path: &str, log: &Path) -> Res
 
 /// Runs the group.
 pub fn run_group(args: HttpArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
     let find = |tool: &str, package: &str| {
@@ -546,17 +544,12 @@ pub fn run_group(args: HttpArgs) -> Result<()> {
         );
     }
 
-    machine.loadavg_end = report::loadavg();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine,
-        tools: vec![
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![
             ToolInfo {
                 name: "cairn".into(),
                 version: harness::tool_version(&t.cairn),
@@ -572,22 +565,12 @@ pub fn run_group(args: HttpArgs) -> Result<()> {
                 path: t.nginx.clone(),
             },
         ],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details {
+        Details {
             trees: &trees,
             columns: "cairn = cairn serve, baseline = nginx",
             server_memory: memory,
         },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {:.1} s", started.elapsed().as_secs_f64());
+        &jobs,
+    )?;
     Ok(())
 }

@@ -44,7 +44,7 @@ use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{
     disk_usage, fresh_dir, remove_path, stdout_matches_file, sync, DiskUsage, Trash,
 };
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, Sample, ToolResult};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -162,9 +162,7 @@ struct Tools {
 
 /// Runs the whole group: corpus, checks, jobs, tables, JSON.
 pub fn run(args: ImportArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
 
@@ -235,45 +233,24 @@ pub fn run(args: ImportArgs) -> Result<()> {
     );
     print!("{}", rate_table(&jobs));
 
-    machine.loadavg_end = report::loadavg();
-    let elapsed_s = started.elapsed().as_secs_f64();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let tool_info = |name: &str, path: &Path| ToolInfo {
-        name: name.into(),
-        version: harness::tool_version(path),
-        path: path.to_owned(),
-    };
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s,
-        machine,
-        tools: vec![
-            tool_info("cairn", &tools.cairn),
-            tool_info("b3sum", &tools.b3sum),
-            tool_info("cp", &tools.cp),
-            tool_info("nix-store", &tools.nix_store),
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![
+            ToolInfo::of("cairn", &tools.cairn),
+            ToolInfo::of("b3sum", &tools.b3sum),
+            ToolInfo::of("cp", &tools.cp),
+            ToolInfo::of("nix-store", &tools.nix_store),
         ],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details {
+        Details {
             trees: &trees,
             target_multiple: TARGET_MULTIPLE,
             b3sum_processes: tools.cpus,
         },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {elapsed_s:.1} s");
+        &jobs,
+    )?;
     Ok(())
 }
 

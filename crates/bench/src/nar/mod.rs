@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, run_timed_creating, stdout_matches_file};
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -40,9 +40,7 @@ struct Details<'a> {
 
 /// Runs the whole group: corpus, checks, jobs, table, JSON.
 pub fn run(args: NarArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
 
@@ -97,18 +95,12 @@ pub fn run(args: NarArgs) -> Result<()> {
     println!();
     print!("{}", memory_table(&trees, &jobs));
 
-    machine.loadavg_end = report::loadavg();
-    let elapsed_s = started.elapsed().as_secs_f64();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s,
-        machine,
-        tools: vec![
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![
             ToolInfo {
                 name: "cairn".into(),
                 version: harness::tool_version(&cairn),
@@ -120,19 +112,9 @@ pub fn run(args: NarArgs) -> Result<()> {
                 path: nix_store,
             },
         ],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details { trees: &trees },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {elapsed_s:.1} s");
+        Details { trees: &trees },
+        &jobs,
+    )?;
     Ok(())
 }
 

@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, stdout_matches_file, sync, Trash};
-use crate::harness::report::{self, Align, Machine, Report, Settings, ToolInfo};
+use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -358,9 +358,7 @@ struct Checked {
 
 /// Runs the whole group: corpus, checks, jobs, tables, JSON.
 pub fn run(args: StoreArgs) -> Result<()> {
-    let started = Instant::now();
-    let (unix_time, date) = report::now_utc();
-    let mut machine = Machine::probe();
+    let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
 
@@ -505,18 +503,12 @@ pub fn run(args: StoreArgs) -> Result<()> {
     println!();
     print!("{}", memory_table(&trees, &jobs));
 
-    machine.loadavg_end = report::loadavg();
-    let elapsed_s = started.elapsed().as_secs_f64();
-    let json_path = common.json_path(&work_dir, GROUP);
-    let full = Report {
-        suite: "cairn-bench",
-        schema_version: report::SCHEMA_VERSION,
-        group: GROUP,
-        date,
-        unix_time,
-        elapsed_s,
-        machine,
-        tools: vec![
+    this_run.finish(
+        GROUP,
+        &common,
+        runs,
+        work_dir,
+        vec![
             ToolInfo {
                 name: "cairn".into(),
                 version: harness::tool_version(&cairn),
@@ -528,25 +520,15 @@ pub fn run(args: StoreArgs) -> Result<()> {
                 path: nix_store,
             },
         ],
-        settings: Settings {
-            quick: common.quick,
-            runs,
-            warmup_pairs: harness::WARMUP_PAIRS,
-            work_dir,
-        },
-        details: Details {
+        Details {
             trees: &trees,
             memory_tree: &memory_tree.name,
             memory_runs: MEMORY_RUNS,
             nix_store_init: "nix-store --store DIR --init",
             cairn_data_dir_init: "cairn import --data-dir DIR SEED (a one-line file)",
         },
-        jobs: &jobs,
-    };
-    report::write_json(&json_path, &full)?;
-    println!();
-    println!("raw samples: {}", json_path.display());
-    println!("total time: {elapsed_s:.1} s");
+        &jobs,
+    )?;
     Ok(())
 }
 
