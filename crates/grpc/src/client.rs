@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use cairn_castore::blobservice::chunked::{ChunkSource, ChunkedReader};
+use cairn_castore::blobservice::chunked::{start_now, ChunkSource, ChunkedReader};
 use cairn_castore::blobservice::{BlobReader, BlobWriter, ChunkMeta};
 use cairn_castore::directoryservice::{ClosureValidator, DirectoryPutter};
 use cairn_castore::{
@@ -439,7 +439,7 @@ impl ChunkSource for RemoteChunks {
     fn load(&self, chunk: ChunkMeta) -> futures::future::BoxFuture<'static, Result<Bytes, Error>> {
         let service = self.service.clone();
         let blob = self.blob;
-        Box::pin(async move {
+        start_now(async move {
             service
                 .read_verified(&chunk.digest, chunk.size)
                 .await?

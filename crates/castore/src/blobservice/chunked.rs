@@ -2,11 +2,19 @@
 //! backend that can load one chunk: the local pack files and a remote
 //! daemon alike.
 //!
-//! One chunk is held and the next one loaded ahead. Every chunk is checked
-//! to have the size its list says (its bytes are the loader's to verify);
-//! a read from the start to the end also checks the whole blob's digest
-//! before it reports the end, so a wrong list cannot pass unnoticed.
+//! While a caller reads sequentially, the next [`AHEAD`] chunks are
+//! loaded in the background (sources start a load when asked), so a
+//! sequential read waits for storage or the network only once, not once
+//! per chunk. A read after a seek elsewhere loads just what it needs: a
+//! random reader fetches no chunk it does not touch.
+//!
+//! Every chunk is checked to have the size its list says (its bytes are
+//! the loader's to verify); a read from the start to the end also checks
+//! the whole blob's digest before it reports the end, so a wrong list
+//! cannot pass unnoticed.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,9 +26,16 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use super::ChunkMeta;
 use crate::{B3Digest, Error};
 
+/// Chunks loaded ahead of a sequential reader: at most 2 MiB held beyond
+/// the current chunk (chunks are at most 1 MiB).
+pub const AHEAD: usize = 2;
+
 /// Where a [`ChunkedReader`] gets its chunks.
 pub trait ChunkSource: Send + Sync + 'static {
-    /// Loads one chunk, verified against its digest.
+    /// Loads one chunk, verified against its digest. The work must start
+    /// when this is called, not when the future is first polled: the
+    /// reader calls it for the chunks ahead and polls them only when it
+    /// gets there ([`start_now`] and [`start_blocking_now`] do that).
     fn load(&self, chunk: ChunkMeta) -> BoxFuture<'static, Result<Bytes, Error>>;
     /// The error for a list whose chunks hash, together, to `actual`
     /// instead of the blob's `digest` (naming where the list came from).
@@ -32,6 +47,62 @@ pub trait ChunkSource: Send + Sync + 'static {
     }
 }
 
+/// Starts `fut` now on the current runtime and returns its result when
+/// awaited; dropping the returned future cancels it. Outside a runtime,
+/// `fut` runs when awaited, as any future.
+pub fn start_now<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> BoxFuture<'static, Result<T, Error>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = AbortOnDrop(rt.spawn(fut));
+            Box::pin(async move { task.join().await })
+        }
+        Err(_) => Box::pin(fut),
+    }
+}
+
+/// Starts blocking work `f` now on the runtime's blocking pool and
+/// returns its result when awaited. Outside a runtime, `f` runs at once
+/// on this thread.
+pub fn start_blocking_now<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> BoxFuture<'static, Result<T, Error>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = rt.spawn_blocking(f);
+            Box::pin(async move {
+                task.await
+                    .map_err(|e| Error::Storage(format!("loading a chunk failed: {e}")))?
+            })
+        }
+        Err(_) => Box::pin(std::future::ready(f())),
+    }
+}
+
+/// A spawned task, aborted if its handle is dropped before it is joined.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, Error>>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, Error> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Error::Storage(format!("loading a chunk failed: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One chunk being loaded (the source started it when asked).
+struct Load {
+    idx: usize,
+    fut: BoxFuture<'static, Result<Bytes, Error>>,
+}
+
 /// Reads a blob from its chunk list; see the module documentation.
 pub struct ChunkedReader<S> {
     source: S,
@@ -40,9 +111,11 @@ pub struct ChunkedReader<S> {
     starts: Vec<u64>,
     size: u64,
     pos: u64,
+    /// Where the last read ended: a read starting here is sequential.
+    last_end: u64,
     current: Option<(usize, Bytes)>,
-    loading: Option<(usize, BoxFuture<'static, Result<Bytes, Error>>)>,
-    ahead: Option<(usize, BoxFuture<'static, Result<Bytes, Error>>)>,
+    loading: Option<Load>,
+    ahead: VecDeque<Load>,
     whole: Option<blake3::Hasher>,
     whole_upto: u64,
 }
@@ -66,16 +139,44 @@ impl<S: ChunkSource> ChunkedReader<S> {
             starts,
             size,
             pos: 0,
+            last_end: 0,
             current: None,
             loading: None,
-            ahead: None,
+            ahead: VecDeque::new(),
             whole: Some(blake3::Hasher::new()),
             whole_upto: 0,
         }
     }
 
-    fn load(&self, idx: usize) -> BoxFuture<'static, Result<Bytes, Error>> {
-        self.source.load(self.chunks[idx])
+    /// Chunk `idx`'s load: the one already running ahead, or a new one.
+    fn take_or_start(&mut self, idx: usize) -> Load {
+        match self.ahead.iter().position(|l| l.idx == idx) {
+            Some(i) => self.ahead.remove(i).unwrap_or_else(|| self.start(idx)),
+            None => self.start(idx),
+        }
+    }
+
+    fn start(&self, idx: usize) -> Load {
+        Load {
+            idx,
+            fut: self.source.load(self.chunks[idx]),
+        }
+    }
+
+    /// Keeps chunks `idx+1 ..= idx+AHEAD` loading, and only those.
+    fn read_ahead_of(&mut self, idx: usize) {
+        let last = (idx + AHEAD).min(self.chunks.len().saturating_sub(1));
+        if self.ahead.len() == last.saturating_sub(idx)
+            && self.ahead.iter().zip(idx + 1..).all(|(l, j)| l.idx == j)
+        {
+            return;
+        }
+        let mut wanted = VecDeque::with_capacity(AHEAD);
+        for j in idx + 1..=last {
+            wanted.push_back(self.take_or_start(j));
+        }
+        // Loads outside the window are dropped (and so cancelled) here.
+        self.ahead = wanted;
     }
 
     fn chunk_index(&self, pos: u64) -> usize {
@@ -90,6 +191,7 @@ impl<S: ChunkSource> AsyncRead for ChunkedReader<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let sequential = this.pos == this.last_end;
         loop {
             if this.pos >= this.size || out.remaining() == 0 {
                 if this.pos >= this.size && this.whole_upto == this.size {
@@ -117,22 +219,20 @@ impl<S: ChunkSource> AsyncRead for ChunkedReader<S> {
                         }
                     }
                     this.pos += n as u64;
-                    if this.ahead.is_none() && idx + 1 < this.chunks.len() {
-                        this.ahead = Some((idx + 1, this.load(idx + 1)));
+                    this.last_end = this.pos;
+                    if sequential {
+                        this.read_ahead_of(idx);
                     }
                     return Poll::Ready(Ok(()));
                 }
             }
-            if this.loading.as_ref().is_none_or(|(i, _)| *i != idx) {
-                this.loading = match this.ahead.take() {
-                    Some((i, f)) if i == idx => Some((i, f)),
-                    _ => Some((idx, this.load(idx))),
-                };
+            if this.loading.as_ref().is_none_or(|l| l.idx != idx) {
+                this.loading = Some(this.take_or_start(idx));
             }
-            let Some((_, fut)) = this.loading.as_mut() else {
+            let Some(load) = this.loading.as_mut() else {
                 continue;
             };
-            let loaded = match fut.as_mut().poll(cx) {
+            let loaded = match load.fut.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => r,
             };
@@ -247,5 +347,97 @@ mod tests {
         buf.clear();
         reader.read_to_end(&mut buf).await.unwrap();
         assert_eq!(buf, b"first chunk second");
+    }
+
+    /// Chunks from memory, recording which loads actually ran.
+    struct Recording {
+        chunks: Vec<Bytes>,
+        ran: Arc<std::sync::Mutex<Vec<usize>>>,
+        notify: Arc<tokio::sync::Notify>,
+    }
+
+    impl ChunkSource for Recording {
+        fn load(&self, chunk: ChunkMeta) -> BoxFuture<'static, Result<Bytes, Error>> {
+            let idx = self
+                .chunks
+                .iter()
+                .position(|c| B3Digest::from(blake3::hash(c)) == chunk.digest);
+            let data = idx.map(|i| self.chunks[i].clone());
+            let (ran, notify) = (self.ran.clone(), self.notify.clone());
+            start_now(async move {
+                if let Some(i) = idx {
+                    ran.lock().unwrap().push(i);
+                }
+                notify.notify_one();
+                data.ok_or(Error::NotFound {
+                    what: "chunk",
+                    digest: chunk.digest,
+                })
+            })
+        }
+    }
+
+    fn recording(
+        n: usize,
+    ) -> (
+        ChunkedReader<Recording>,
+        Arc<std::sync::Mutex<Vec<usize>>>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        let chunks: Vec<Bytes> = (0..n).map(|i| Bytes::from(vec![i as u8; 100])).collect();
+        let metas = chunks
+            .iter()
+            .map(|c| ChunkMeta {
+                digest: B3Digest::from(blake3::hash(c)),
+                size: c.len() as u64,
+            })
+            .collect();
+        let whole = B3Digest::from(blake3::hash(&chunks.concat()));
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let source = Recording {
+            chunks,
+            ran: ran.clone(),
+            notify: notify.clone(),
+        };
+        (ChunkedReader::new(source, whole, metas), ran, notify)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_loads_the_next_chunks_while_its_caller_works() {
+        let (mut reader, ran, notify) = recording(6);
+        let mut buf = [0u8; 10];
+        reader.read_exact(&mut buf).await.unwrap();
+        // The reader is not polled again, yet chunks 1 and 2 get loaded.
+        let deadline = std::time::Duration::from_secs(10);
+        tokio::time::timeout(deadline, async {
+            while ran.lock().unwrap().len() < 1 + AHEAD {
+                notify.notified().await;
+            }
+        })
+        .await
+        .expect("the chunks ahead were never loaded");
+        let mut seen = ran.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2]);
+        // And the whole blob still reads back, each chunk loaded once.
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), 590);
+        let mut seen = ran.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_after_a_seek_loads_only_the_chunk_it_touches() {
+        let (mut reader, ran, _) = recording(6);
+        reader.seek(io::SeekFrom::Start(350)).await.unwrap();
+        let mut buf = [0u8; 10];
+        reader.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [3u8; 10]);
+        // Give a wrongly started load ahead time to show up.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(*ran.lock().unwrap(), vec![3]);
     }
 }

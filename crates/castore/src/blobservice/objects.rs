@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::chunked::{ChunkSource, ChunkedReader};
+use super::chunked::{start_blocking_now, ChunkSource, ChunkedReader};
 use super::chunker;
 use super::ingest::{fill, has_more, FileIngestError, READ_PIECE};
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
@@ -1273,13 +1273,11 @@ struct PackChunks(Arc<Inner>);
 impl ChunkSource for PackChunks {
     fn load(&self, chunk: ChunkMeta) -> futures::future::BoxFuture<'static, Result<Bytes, Error>> {
         let inner = self.0.clone();
-        Box::pin(async move {
-            blocking(move || inner.read_chunk(&chunk.digest))
-                .await?
-                .ok_or(Error::NotFound {
-                    what: "chunk",
-                    digest: chunk.digest,
-                })
+        start_blocking_now(move || {
+            inner.read_chunk(&chunk.digest)?.ok_or(Error::NotFound {
+                what: "chunk",
+                digest: chunk.digest,
+            })
         })
     }
 }
