@@ -8,10 +8,10 @@
 //! Everything below a store path is immutable, so the kernel may cache
 //! names, attributes and file pages for long (`TTL`, `KEEP_CACHE`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CStr;
 use std::io::{self, SeekFrom};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -45,31 +45,22 @@ fn eio(what: &str, e: impl std::fmt::Display) -> io::Error {
     errno(libc::EIO)
 }
 
-/// Blob readers kept per open file: the kernel reads ahead with several
-/// requests at once, and each needs a reader of its own to run in
-/// parallel rather than queue behind one.
-const READERS_PER_FILE: usize = 4;
+/// Idle blob readers kept for the whole mount. The kernel reads a file
+/// ahead with several requests at once, and each needs a reader of its
+/// own to run in parallel rather than queue behind one; a reader left
+/// where the last read ended serves the next sequential read without
+/// reopening the blob. Bounded because each may hold up to
+/// `1 + AHEAD` chunks (at most 3 MiB).
+const IDLE_READERS: usize = 16;
 
-/// A blob reader and where it is.
+/// A blob reader of inode `ino` and where it is.
 struct Cursor {
+    ino: u64,
     reader: Box<dyn BlobReader>,
     position: u64,
 }
 
-/// An open regular file. Blob readers are opened on the first reads that
-/// reach this process: a read the kernel serves from its page cache (an
-/// immutable file, `KEEP_CACHE`) must cost no service call, so `open`
-/// itself asks the store nothing.
-struct OpenFile {
-    digest: B3Digest,
-    size: u64,
-    /// Idle readers; a read takes one (preferring one already at its
-    /// offset) and puts it back when done.
-    idle: Mutex<Vec<Cursor>>,
-}
-
 enum OpenHandle {
-    File(OpenFile),
     /// The root's listing (with `--list-root`), taken at `opendir`.
     RootListing(Vec<(Vec<u8>, Node)>),
 }
@@ -82,6 +73,13 @@ pub struct StoreFs {
     inodes: RwLock<Inodes>,
     handles: RwLock<HashMap<u64, Arc<OpenHandle>>>,
     next_handle: AtomicU64,
+    /// Oldest first; see [`IDLE_READERS`].
+    idle: Mutex<VecDeque<Cursor>>,
+    /// The kernel takes `ENOSYS` from `open` to mean "opens need no
+    /// message": see `open`.
+    zero_message_open: AtomicBool,
+    /// The same for `opendir`: see `opendir`.
+    zero_message_opendir: AtomicBool,
     uid: u32,
     gid: u32,
 }
@@ -108,6 +106,9 @@ impl StoreFs {
             inodes: RwLock::new(Inodes::new()),
             handles: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            idle: Mutex::new(VecDeque::new()),
+            zero_message_open: AtomicBool::new(false),
+            zero_message_opendir: AtomicBool::new(false),
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
         }
@@ -239,18 +240,27 @@ impl StoreFs {
         }
     }
 
-    /// Reads up to `size` bytes at `offset` of an open file.
-    fn read_at(&self, f: &OpenFile, offset: u64, size: u32) -> io::Result<Vec<u8>> {
-        if offset >= f.size {
+    /// Reads up to `size` bytes at `offset` of file `ino`, whose contents
+    /// are blob `digest` of `size` bytes.
+    fn read_at(
+        &self,
+        ino: u64,
+        digest: &B3Digest,
+        file_size: u64,
+        offset: u64,
+        size: u32,
+    ) -> io::Result<Vec<u8>> {
+        if offset >= file_size {
             return Ok(Vec::new());
         }
-        let want = (f.size - offset).min(u64::from(size)) as usize;
+        let want = (file_size - offset).min(u64::from(size)) as usize;
         let taken = {
-            let mut idle = f.idle.lock().map_err(|e| eio("open file", e))?;
-            match idle.iter().position(|c| c.position == offset) {
-                Some(i) => Some(idle.swap_remove(i)),
-                None => idle.pop(),
-            }
+            let mut idle = self.idle.lock().map_err(|e| eio("reader pool", e))?;
+            let at = idle
+                .iter()
+                .position(|c| c.ino == ino && c.position == offset)
+                .or_else(|| idle.iter().position(|c| c.ino == ino));
+            at.and_then(|i| idle.remove(i))
         };
         let mut buf = vec![0u8; want];
         let store = &self.store;
@@ -258,13 +268,14 @@ impl StoreFs {
             let mut cursor = match taken {
                 Some(c) => c,
                 None => Cursor {
+                    ino,
                     reader: store
                         .blobs
-                        .open_read(&f.digest)
+                        .open_read(digest)
                         .await
                         .map_err(io::Error::other)?
                         .ok_or_else(|| {
-                            io::Error::other(format!("blob {} is not in the store", f.digest))
+                            io::Error::other(format!("blob {digest} is not in the store"))
                         })?,
                     position: 0,
                 },
@@ -280,9 +291,8 @@ impl StoreFs {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
-                            "blob ended at {} of {} bytes",
-                            offset as usize + got,
-                            f.size
+                            "blob ended at {} of {file_size} bytes",
+                            offset as usize + got
                         ),
                     ));
                 }
@@ -291,10 +301,14 @@ impl StoreFs {
             }
             Ok(cursor)
         })??;
-        // A reader that failed is dropped (above); a good one goes back.
-        let mut idle = f.idle.lock().map_err(|e| eio("open file", e))?;
-        if idle.len() < READERS_PER_FILE {
-            idle.push(cursor);
+        // A reader that failed is dropped (above), and so is one at the
+        // end: the kernel keeps the pages, it will not read there again.
+        if cursor.position < file_size {
+            let mut idle = self.idle.lock().map_err(|e| eio("reader pool", e))?;
+            idle.push_back(cursor);
+            if idle.len() > IDLE_READERS {
+                idle.pop_front();
+            }
         }
         Ok(buf)
     }
@@ -313,6 +327,14 @@ impl FileSystem for StoreFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.zero_message_open.store(
+            capable.contains(FsOptions::ZERO_MESSAGE_OPEN),
+            Ordering::Relaxed,
+        );
+        self.zero_message_opendir.store(
+            capable.contains(FsOptions::ZERO_MESSAGE_OPENDIR) && !self.list_root,
+            Ordering::Relaxed,
+        );
         // Reads of up to 1 MiB per request (not 128 KiB), several in
         // flight at once, and directory operations in parallel.
         Ok(capable & (FsOptions::MAX_PAGES | FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS))
@@ -364,18 +386,22 @@ impl FileSystem for StoreFs {
         if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
             return Err(errno(libc::EROFS));
         }
-        let (digest, size) = match self.kind(ino)? {
-            Kind::Node(Node::File { digest, size, .. }) => (digest, size),
+        match self.kind(ino)? {
+            Kind::Node(Node::File { .. }) => {}
             Kind::Node(Node::Symlink { .. }) => return Err(errno(libc::ELOOP)),
             _ => return Err(errno(libc::EISDIR)),
-        };
-        let handle = self.new_handle(OpenHandle::File(OpenFile {
-            digest,
-            size,
-            idle: Mutex::new(Vec::new()),
-        }))?;
+        }
+        // An open needs nothing from the store (readers are opened by the
+        // first read that reaches us), so where the kernel can do without
+        // the message, this ENOSYS tells it to: later opens and closes
+        // cost no round trip at all, and the kernel keeps the pages of
+        // files opened that way (the mount itself is read-only, so write
+        // opens still fail with EROFS).
+        if self.zero_message_open.load(Ordering::Relaxed) {
+            return Err(errno(libc::ENOSYS));
+        }
         // Contents never change: the kernel may keep pages across opens.
-        Ok((Some(handle), OpenOptions::KEEP_CACHE, None))
+        Ok((None, OpenOptions::KEEP_CACHE, None))
     }
 
     #[allow(clippy::too_many_arguments)] // the trait's shape
@@ -383,36 +409,26 @@ impl FileSystem for StoreFs {
         &self,
         _ctx: &Context,
         ino: u64,
-        handle: u64,
+        _handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
         offset: u64,
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        let OpenHandle::File(file) = &*self.handle(handle)? else {
-            return Err(errno(libc::EBADF));
+        let Kind::Node(Node::File {
+            digest,
+            size: file_size,
+            ..
+        }) = self.kind(ino)?
+        else {
+            return Err(errno(libc::EISDIR));
         };
         let data = self
-            .read_at(file, offset, size)
+            .read_at(ino, &digest, file_size, offset, size)
             .map_err(|e| eio(&format!("inode {ino} at offset {offset}"), e))?;
         w.write_all(&data)?;
         Ok(data.len())
-    }
-
-    #[allow(clippy::too_many_arguments)] // the trait's shape
-    fn release(
-        &self,
-        _ctx: &Context,
-        _ino: u64,
-        _flags: u32,
-        handle: u64,
-        _flush: bool,
-        _flock_release: bool,
-        _lock_owner: Option<u64>,
-    ) -> io::Result<()> {
-        self.drop_handle(handle);
-        Ok(())
     }
 
     fn statfs(&self, _ctx: &Context, _ino: u64) -> io::Result<statvfs64> {
@@ -431,6 +447,8 @@ impl FileSystem for StoreFs {
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         match self.kind(ino)? {
+            // With `--list-root` the root's listing changes as paths are
+            // added: taken afresh at each opendir, never cached.
             Kind::Root if self.list_root => {
                 let infos: Vec<_> = self
                     .block(|| self.store.path_infos.list().try_collect::<Vec<_>>())?
@@ -443,7 +461,20 @@ impl FileSystem for StoreFs {
                 let handle = self.new_handle(OpenHandle::RootListing(entries))?;
                 Ok((Some(handle), OpenOptions::empty()))
             }
-            Kind::Root | Kind::Node(Node::Directory { .. }) => Ok((None, OpenOptions::empty())),
+            // Every other listing is immutable. Where the kernel can do
+            // without the message, this ENOSYS tells it to, and to cache
+            // every listing it reads (opendir and releasedir then cost
+            // no round trip, a second readdir none either); the root is
+            // then static (empty), so that is only done without
+            // `--list-root`.
+            Kind::Root | Kind::Node(Node::Directory { .. })
+                if self.zero_message_opendir.load(Ordering::Relaxed) =>
+            {
+                Err(errno(libc::ENOSYS))
+            }
+            Kind::Root | Kind::Node(Node::Directory { .. }) => {
+                Ok((None, OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE))
+            }
             _ => Err(errno(libc::ENOTDIR)),
         }
     }

@@ -202,7 +202,7 @@ fn random_reads_of_a_large_file_match_and_absent_paths_fail_fast() {
     let data = pseudo_random_bytes(11, 24 << 20);
     fs::write(tree.join("blob.bin"), &data).unwrap();
     let info = import(&f.rt, &store, &tree);
-    let mounted = f.mount(store, true);
+    let mounted = f.mount(store.clone(), true);
 
     let file = fs::File::open(f.at(&info).join("blob.bin")).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
@@ -233,6 +233,39 @@ fn random_reads_of_a_large_file_match_and_absent_paths_fail_fast() {
         listed,
         [std::ffi::OsString::from(info.store_path.base_name())]
     );
+    // A path added while mounted shows up in the next listing: the root's
+    // listing is never cached.
+    let later = f.dir("later");
+    fs::create_dir(&later).unwrap();
+    fs::write(later.join("new.txt"), b"added while mounted\n").unwrap();
+    let later = import(&f.rt, &store, &later);
+    let mut listed: Vec<_> = fs::read_dir(&f.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    listed.sort();
+    let mut expected = vec![
+        std::ffi::OsString::from(info.store_path.base_name()),
+        std::ffi::OsString::from(later.store_path.base_name()),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // As root, the mount's kernel read-ahead is the one asked for.
+    if rustix::process::geteuid().is_root() {
+        let dev = fs::metadata(&f.mountpoint).unwrap().dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev)
+        );
+        let set = fs::read_to_string(&knob).unwrap();
+        assert_eq!(
+            set.trim(),
+            MountOptions::default().read_ahead_kib.to_string(),
+            "{knob}"
+        );
+    }
 
     let started = Instant::now();
     for name in [
@@ -248,8 +281,14 @@ fn random_reads_of_a_large_file_match_and_absent_paths_fail_fast() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // Read-only: no writes, no new files.
-    assert!(fs::write(f.at(&info).join("blob.bin"), b"x").is_err());
-    assert!(fs::write(f.at(&info).join("new"), b"x").is_err());
+    for name in ["blob.bin", "new"] {
+        let err = fs::write(f.at(&info).join(name), b"x").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EROFS),
+            "writing {name}: {err}"
+        );
+    }
     assert!(mounted_read_only(&f.mountpoint));
     mounted.unmount().unwrap();
     assert!(!is_mounted(&f.mountpoint));

@@ -24,6 +24,12 @@ pub struct MountArgs {
     /// Threads answering filesystem requests [default: 2 per CPU]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// How much the kernel reads ahead in a file read sequentially, in
+    /// KiB; larger means fewer, bigger requests (helps remote stores).
+    /// Setting it needs root: otherwise the kernel's 128 stays. 0 leaves
+    /// the kernel's setting alone
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    read_ahead: u32,
     #[command(flatten)]
     services: ServiceArgs,
 }
@@ -34,6 +40,7 @@ pub fn run(a: MountArgs) -> Result<()> {
     let mut options = MountOptions {
         list_root: a.list_root,
         allow_other: a.allow_other,
+        read_ahead_kib: a.read_ahead,
         ..MountOptions::default()
     };
     if let Some(n) = a.threads {
