@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod all;
 mod corpus;
 mod fs;
 mod grpc;
@@ -18,6 +19,7 @@ mod harness;
 mod http;
 mod import;
 mod nar;
+mod storage;
 mod store;
 
 /// Benchmarks Cairn against the tools it replaces, on this machine, now.
@@ -45,17 +47,23 @@ enum Group {
     Http(http::HttpArgs),
     /// Reading through `cairn mount` against the same tree on local disk, cold and warm.
     Fs(fs::FsArgs),
+    /// Bytes on disk: two near-identical trees in Cairn against the Nix store and Nix's binary caches.
+    Storage(storage::StorageArgs),
+    /// Every group above in turn (and `storage`), then one table of every job and its target.
+    All(all::AllArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.group {
-        Group::Nar(args) => nar::run(args),
-        Group::Import(args) => import::run(args),
-        Group::Store(args) => store::run(args),
-        Group::Grpc(args) => grpc::run(args),
-        Group::Http(args) => http::run_group(args),
-        Group::Fs(args) => fs::run(args),
+        Group::Nar(args) => nar::run(args).map(drop),
+        Group::Import(args) => import::run(args).map(drop),
+        Group::Store(args) => store::run(args).map(drop),
+        Group::Grpc(args) => grpc::run(args).map(drop),
+        Group::Http(args) => http::run_group(args).map(drop),
+        Group::Fs(args) => fs::run(args).map(drop),
+        Group::Storage(args) => storage::run(args).map(drop),
+        Group::All(args) => all::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,7 @@ use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
 use crate::harness::process::{spawn_announcing, stop_gracefully};
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::{Row, Target};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "fs";
@@ -38,7 +39,7 @@ const WARM_MIN_RATIO: f64 = 0.9;
 #[derive(Args, Debug)]
 pub struct FsArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// A running `cairn mount`, unmounted (SIGTERM) when dropped.
@@ -109,7 +110,7 @@ fn largest_file(root: &Path) -> Result<PathBuf> {
 }
 
 /// Runs the group.
-pub fn run(args: FsArgs) -> Result<()> {
+pub fn run(args: FsArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -275,5 +276,25 @@ pub fn run(args: FsArgs) -> Result<()> {
         },
         &jobs,
     )?;
-    Ok(())
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let r = &j.result;
+            let files = r.spec.job.starts_with("tar").then(|| {
+                trees
+                    .iter()
+                    .find(|t| t.name == r.spec.subject)
+                    .map_or(0, |t| t.stats.files)
+            });
+            let target = Some(Target::MinRatio {
+                min: j.target_min_ratio,
+            });
+            let mut row = Row::timed(r, "the same on local disk", files, target);
+            row.job = format!("{} via mount", r.spec.job);
+            // The measured process is the reader (cat, tar), not the mount.
+            row.cairn_peak_rss_mib = None;
+            row.baseline_peak_rss_mib = None;
+            row
+        })
+        .collect())
 }

@@ -32,6 +32,7 @@ use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, sync, Trash};
 use crate::harness::process::spawn_announcing;
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::{Row, Target};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "grpc";
@@ -43,7 +44,7 @@ const IMPORT_MIN_RATIO: f64 = 0.8;
 #[derive(Args, Debug)]
 pub struct GrpcArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// A daemon for one run, stopped when dropped.
@@ -280,7 +281,7 @@ fn read_job(bench: &Bench, tree: &Tree, path: &str, runs: usize) -> Result<GrpcJ
 }
 
 /// Runs the group.
-pub fn run(args: GrpcArgs) -> Result<()> {
+pub fn run(args: GrpcArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -378,5 +379,17 @@ pub fn run(args: GrpcArgs) -> Result<()> {
         },
         &jobs,
     )?;
-    Ok(())
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let files = trees
+                .iter()
+                .find(|t| t.name == j.result.spec.subject)
+                .map(|t| t.stats.files);
+            let target = j.target_min_ratio.map(|min| Target::MinRatio { min });
+            let mut row = Row::timed(&j.result, "the same, embedded", files, target);
+            row.job = format!("{} via daemon", j.result.spec.job);
+            row
+        })
+        .collect())
 }

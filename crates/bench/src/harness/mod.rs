@@ -16,6 +16,7 @@
 pub mod files;
 pub mod process;
 pub mod report;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

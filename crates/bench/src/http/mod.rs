@@ -35,6 +35,7 @@ use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path};
 use crate::harness::process::{spawn_announcing, stop_gracefully};
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::{Row, Target, Unit};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 const GROUP: &str = "http";
@@ -45,7 +46,7 @@ const NARINFO_MIN_RATIO: f64 = 0.5;
 #[derive(Args, Debug)]
 pub struct HttpArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// A child process killed when dropped.
@@ -354,7 +355,7 @@ fn nix_copy(t: &Tools, scratch: &Path, url: &str, path: &str, log: &Path) -> Res
 }
 
 /// Runs the group.
-pub fn run_group(args: HttpArgs) -> Result<()> {
+pub fn run_group(args: HttpArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -536,6 +537,7 @@ pub fn run_group(args: HttpArgs) -> Result<()> {
         })
         .collect();
     print!("{}", report::format_table(&headers, &align, &rows));
+    let summary = summary_rows(&jobs, &trees, &memory);
     println!();
     for m in &memory {
         println!(
@@ -572,5 +574,71 @@ pub fn run_group(args: HttpArgs) -> Result<()> {
         },
         &jobs,
     )?;
-    Ok(())
+    Ok(summary)
+}
+
+/// The jobs as summary rows; the peak RSS is `cairn serve`'s over the
+/// tree's jobs (the timed processes are the clients).
+fn summary_rows(jobs: &[HttpJob], trees: &[Tree], memory: &[ServerMemory]) -> Vec<Row> {
+    let serve_rss = |tree: &str| {
+        memory
+            .iter()
+            .find(|m| m.tree == tree)
+            .map(|m| m.cairn_serve_peak_rss_mib)
+    };
+    jobs.iter()
+        .map(|j| match j {
+            HttpJob::Timed {
+                result,
+                target_min_ratio,
+                ..
+            } => {
+                let nix_copy = result.spec.job == "nix-copy";
+                let files = trees
+                    .iter()
+                    .find(|t| t.name == result.spec.subject)
+                    .map(|t| t.stats.files)
+                    .filter(|_| nix_copy);
+                let baseline = if nix_copy {
+                    "the same from nginx (Nix's file:// cache)"
+                } else {
+                    "curl of the NAR from nginx"
+                };
+                let target = target_min_ratio.map(|min| Target::MinRatio { min });
+                let mut row = Row::timed(result, baseline, files, target);
+                if !nix_copy {
+                    row.job = "nar (curl)".into();
+                }
+                row.cairn_peak_rss_mib = serve_rss(&result.spec.subject);
+                row.baseline_peak_rss_mib = None;
+                row
+            }
+            HttpJob::Rate {
+                result,
+                target_min_ratio,
+                ..
+            } => {
+                let mut row = Row {
+                    group: GROUP,
+                    job: format!("{} (wrk -c64)", result.job),
+                    subject: result.subject.clone(),
+                    baseline: "nginx serving the file".into(),
+                    unit: Unit::RequestsPerSecond,
+                    cairn: result.cairn.median_requests_per_s,
+                    baseline_value: result.baseline.median_requests_per_s,
+                    ratio: result.ratio,
+                    mb_per_s: None,
+                    files_per_s: None,
+                    cairn_peak_rss_mib: serve_rss(&result.subject),
+                    baseline_peak_rss_mib: None,
+                    target: None,
+                    met: None,
+                };
+                row.set_target(Some(Target::MinRatio {
+                    min: *target_min_ratio,
+                }));
+                row
+            }
+        })
+        .collect()
 }

@@ -45,6 +45,7 @@ use crate::harness::files::{
     disk_usage, fresh_dir, remove_path, stdout_matches_file, sync, DiskUsage, Trash,
 };
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::{Row, Target, Unit};
 use crate::harness::{self, CommonArgs, Invocation, Sample, ToolResult};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -65,7 +66,7 @@ const MB: f64 = 1e6;
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// What the JSON report adds for this group.
@@ -161,7 +162,7 @@ struct Tools {
 }
 
 /// Runs the whole group: corpus, checks, jobs, tables, JSON.
-pub fn run(args: ImportArgs) -> Result<()> {
+pub fn run(args: ImportArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -251,7 +252,40 @@ pub fn run(args: ImportArgs) -> Result<()> {
         },
         &jobs,
     )?;
-    Ok(())
+    Ok(jobs.iter().flat_map(summary_rows).collect())
+}
+
+/// A tree's job as summary rows: the cold import against the slower floor
+/// (the target), and against each floor.
+fn summary_rows(job: &TreeJob) -> Vec<Row> {
+    let cold = &job.cold.result;
+    let row = |baseline: &str, against: &ToolResult| Row {
+        group: GROUP,
+        job: "import (cold)".into(),
+        subject: job.subject.clone(),
+        baseline: baseline.into(),
+        unit: Unit::Seconds,
+        cairn: cold.median_wall_s,
+        baseline_value: against.median_wall_s,
+        ratio: against.median_wall_s / cold.median_wall_s,
+        mb_per_s: Some(cold.mb_per_s),
+        files_per_s: Some(job.cold.files_per_s),
+        cairn_peak_rss_mib: Some(cold.max_max_rss_mib),
+        baseline_peak_rss_mib: Some(against.max_max_rss_mib),
+        target: None,
+        met: None,
+    };
+    let (b3sum, cp) = (&job.b3sum.result, &job.cp.result);
+    let slower = if b3sum.median_wall_s >= cp.median_wall_s {
+        b3sum
+    } else {
+        cp
+    };
+    let mut target = row("slower of b3sum, cp -r", slower);
+    target.set_target(Some(Target::MinRatio {
+        min: 1.0 / TARGET_MULTIPLE,
+    }));
+    vec![target, row("b3sum", b3sum), row("cp -r", cp)]
 }
 
 /// `cairn castore import --json --data-dir DATA ROOT`.

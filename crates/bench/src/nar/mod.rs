@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, run_timed_creating, stdout_matches_file};
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::Row;
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -29,7 +30,7 @@ const GROUP: &str = "nar";
 #[derive(Args, Debug)]
 pub struct NarArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// What the JSON report adds for this group.
@@ -39,7 +40,7 @@ struct Details<'a> {
 }
 
 /// Runs the whole group: corpus, checks, jobs, table, JSON.
-pub fn run(args: NarArgs) -> Result<()> {
+pub fn run(args: NarArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -115,7 +116,17 @@ pub fn run(args: NarArgs) -> Result<()> {
         Details { trees: &trees },
         &jobs,
     )?;
-    Ok(())
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let files = trees
+                .iter()
+                .find(|t| t.name == j.spec.subject)
+                .map(|t| t.stats.files);
+            let baseline = format!("nix-store --{}", j.spec.job);
+            Row::timed(j, baseline, files, None)
+        })
+        .collect())
 }
 
 /// Peak RSS of each job next to the largest file of each tree, so that

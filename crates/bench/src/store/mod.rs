@@ -53,6 +53,7 @@ use serde::Serialize;
 use crate::corpus::{self, Spec, Tree};
 use crate::harness::files::{fresh_dir, remove_path, stdout_matches_file, sync, Trash};
 use crate::harness::report::{self, Align, ToolInfo};
+use crate::harness::summary::{self, Row};
 use crate::harness::{self, CommonArgs, Invocation, JobResult, JobSpec, Sample};
 
 /// The group's name: first argument, JSON file name, table label.
@@ -85,7 +86,7 @@ const SEED: &str = "cairn-bench: this file initialises a fresh data directory\n"
 #[derive(Args, Debug)]
 pub struct StoreArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// What a job is held to.
@@ -357,7 +358,7 @@ struct Checked {
 }
 
 /// Runs the whole group: corpus, checks, jobs, tables, JSON.
-pub fn run(args: StoreArgs) -> Result<()> {
+pub fn run(args: StoreArgs) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
     let common = args.common;
     let runs = common.runs();
@@ -529,7 +530,28 @@ pub fn run(args: StoreArgs) -> Result<()> {
         },
         &jobs,
     )?;
-    Ok(())
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let r = &j.result;
+            let files = trees
+                .iter()
+                .find(|t| t.name == r.spec.subject)
+                .map(|t| t.stats.files);
+            let job = r.spec.job.trim_start_matches(MEMORY);
+            let baseline = match job {
+                "import" => "nix-store --add",
+                "export" => "nix-store --dump",
+                _ => "nix-store --restore",
+            };
+            let target = match j.target {
+                Target::Ceiling => None,
+                Target::Ratio { min } => Some(summary::Target::MinRatio { min }),
+                Target::PeakRss { max_mib } => Some(summary::Target::MaxRssMib { max_mib }),
+            };
+            Row::timed(r, baseline, files, target)
+        })
+        .collect())
 }
 
 /// `cairn import` into a fresh data directory against `nix-store --add`
