@@ -1,6 +1,8 @@
 //! One test suite, run against every backend: the same expectations for
-//! `memory://`, the on-disk default (`objects://` + `redb://`), and the
-//! on-disk default with zstd and with the tvix-compat size rule.
+//! `memory://`, the on-disk default (`objects://` + `redb://`), the
+//! on-disk default with zstd and with the tvix-compat size rule, and the
+//! object-store backends (`objectstore+memory://`, `objectstore+file://`
+//! plain, with zstd, with the tvix-compat rule).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +35,9 @@ fn backend(kind: &str) -> Backend {
             _dir: None,
         };
     }
+    if let Some(options) = kind.strip_prefix("objectstore-") {
+        return object_store_backend(options);
+    }
     let dir = tempfile::tempdir().unwrap();
     let (blob_q, dir_q) = match kind {
         "disk" => ("", ""),
@@ -46,6 +51,38 @@ fn backend(kind: &str) -> Backend {
         dirs: directory_service_from_addr(&format!("redb://{root}/castore.redb{dir_q}")).unwrap(),
         chunked: true,
         _dir: Some(dir),
+    }
+}
+
+/// The object-store backends (crate cairn-objectstore), by the same
+/// addresses a user gives: `objectstore+memory://` or a directory.
+fn object_store_backend(options: &str) -> Backend {
+    let (blob_q, dir_q) = match options {
+        "memory" | "file" => ("", ""),
+        "file-zstd" => ("?compression=zstd", ""),
+        "file-tvix" => ("", "?size-rule=tvix-compat"),
+        other => panic!("unknown object-store backend {other}"),
+    };
+    let (base, dir) = if options == "memory" {
+        ("objectstore+memory://".to_owned(), None)
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            format!("objectstore+file://{}", dir.path().display()),
+            Some(dir),
+        )
+    };
+    let blobs = cairn_objectstore::addr::blob_service_from_addr(&format!("{base}{blob_q}"))
+        .unwrap()
+        .unwrap();
+    let dirs = cairn_objectstore::addr::directory_service_from_addr(&format!("{base}{dir_q}"))
+        .unwrap()
+        .unwrap();
+    Backend {
+        blobs,
+        dirs,
+        chunked: true,
+        _dir: dir,
     }
 }
 
@@ -471,4 +508,8 @@ suite! {
     disk => "disk",
     disk_zstd => "disk-zstd",
     disk_tvix => "disk-tvix",
+    objectstore_memory => "objectstore-memory",
+    objectstore_file => "objectstore-file",
+    objectstore_file_zstd => "objectstore-file-zstd",
+    objectstore_file_tvix => "objectstore-file-tvix",
 }

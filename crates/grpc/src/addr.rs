@@ -1,5 +1,6 @@
 //! Service addresses including remote daemons. Local schemes are handed
-//! to cairn-castore and cairn-store; this module adds:
+//! to cairn-castore and cairn-store, `objectstore+…` ones to
+//! cairn-objectstore; this module adds:
 //!
 //! | address | meaning |
 //! | --- | --- |
@@ -101,7 +102,10 @@ pub fn blob_service_from_addr(addr: &str) -> Result<Arc<dyn BlobService>, Error>
                 addr, location, &url,
             )?)))
         }
-        None => cairn_castore::addr::blob_service_from_addr(addr),
+        None => match cairn_objectstore::addr::blob_service_from_addr(addr)? {
+            Some(service) => Ok(service),
+            None => cairn_castore::addr::blob_service_from_addr(addr),
+        },
     }
 }
 
@@ -122,7 +126,10 @@ pub fn directory_service_from_addr(addr: &str) -> Result<Arc<dyn DirectoryServic
                 rule,
             )))
         }
-        None => cairn_castore::addr::directory_service_from_addr(addr),
+        None => match cairn_objectstore::addr::directory_service_from_addr(addr)? {
+            Some(service) => Ok(service),
+            None => cairn_castore::addr::directory_service_from_addr(addr),
+        },
     }
 }
 
@@ -143,7 +150,10 @@ pub fn path_info_service_from_addr(
                 addr, location, &url,
             )?)))
         }
-        None => cairn_store::addr::path_info_service_from_addr(addr),
+        None => match cairn_objectstore::addr::path_info_service_from_addr(addr)? {
+            Some(service) => Ok(service),
+            None => cairn_store::addr::path_info_service_from_addr(addr),
+        },
     }
 }
 

@@ -63,6 +63,42 @@ async fn redb() {
     assert_eq!(got.signatures.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_stores() {
+    let s = cairn_objectstore::addr::path_info_service_from_addr("objectstore+memory://")
+        .unwrap()
+        .unwrap();
+    put_get_list_and_replace(s.as_ref()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("objectstore+file://{}?prefix=team", dir.path().display());
+    let open = || {
+        cairn_objectstore::addr::path_info_service_from_addr(&addr)
+            .unwrap()
+            .unwrap()
+    };
+    put_get_list_and_replace(open().as_ref()).await;
+    // Another front end over the same bucket sees the same paths.
+    let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
+    let got = open().get(a.store_path.digest()).await.unwrap().unwrap();
+    assert_eq!(got.signatures.len(), 1);
+    // A PathInfo stored under another path's key is refused, naming it.
+    let b = info("0sfqrcf48xfcqw4gy961lab11cskjy38-b");
+    let key = |p: &PathInfo| {
+        dir.path()
+            .join("team/pathinfo")
+            .join(p.store_path.hash_part())
+    };
+    std::fs::copy(key(&b), key(&a)).unwrap();
+    let err = open()
+        .get(a.store_path.digest())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds the PathInfo of"), "{err}");
+    assert!(err.contains(&a.store_path.hash_part()), "{err}");
+}
+
 #[test]
 fn bad_addresses_are_refused_with_a_reason() {
     for (addr, why) in [

@@ -317,19 +317,24 @@ mod tests {
         }
     }
 
+    /// The chunk list of `chunks`.
+    fn metas_of(chunks: &[Bytes]) -> Vec<ChunkMeta> {
+        chunks
+            .iter()
+            .map(|c| ChunkMeta {
+                digest: B3Digest::from(blake3::hash(c)),
+                size: c.len() as u64,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_failed_load_is_retried_not_polled_again() {
         let chunks = vec![
             Bytes::from_static(b"first chunk "),
             Bytes::from_static(b"second"),
         ];
-        let metas = chunks
-            .iter()
-            .map(|c| ChunkMeta {
-                digest: B3Digest::from(blake3::hash(c)),
-                size: c.len() as u64,
-            })
-            .collect();
+        let metas = metas_of(&chunks);
         let whole = B3Digest::from(blake3::hash(b"first chunk second"));
         let failures = Arc::new(AtomicUsize::new(1));
         let mut reader = ChunkedReader::new(
@@ -385,13 +390,7 @@ mod tests {
         Arc<tokio::sync::Notify>,
     ) {
         let chunks: Vec<Bytes> = (0..n).map(|i| Bytes::from(vec![i as u8; 100])).collect();
-        let metas = chunks
-            .iter()
-            .map(|c| ChunkMeta {
-                digest: B3Digest::from(blake3::hash(c)),
-                size: c.len() as u64,
-            })
-            .collect();
+        let metas = metas_of(&chunks);
         let whole = B3Digest::from(blake3::hash(&chunks.concat()));
         let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
         let notify = Arc::new(tokio::sync::Notify::new());
