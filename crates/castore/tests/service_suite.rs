@@ -2,7 +2,8 @@
 //! `memory://`, the on-disk default (`objects://` + `redb://`), the
 //! on-disk default with zstd and with the tvix-compat size rule, and the
 //! object-store backends (`objectstore+memory://`, `objectstore+file://`
-//! plain, with zstd, with the tvix-compat rule).
+//! plain, with zstd, with the tvix-compat rule, and `objectstore+s3://` on
+//! the Garage cluster of `scripts/garage-cluster`, plain and with zstd).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,14 +27,16 @@ struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn backend(kind: &str) -> Backend {
+/// The backend `kind` names; `None` skips the test (an S3 bucket that is
+/// not there locally).
+fn backend(kind: &str) -> Option<Backend> {
     if let Some(query) = kind.strip_prefix("memory") {
-        return Backend {
+        return Some(Backend {
             blobs: blob_service_from_addr("memory://").unwrap(),
             dirs: directory_service_from_addr(&format!("memory://{query}")).unwrap(),
             chunked: false,
             _dir: None,
-        };
+        });
     }
     if let Some(options) = kind.strip_prefix("objectstore-") {
         return object_store_backend(options);
@@ -46,25 +49,29 @@ fn backend(kind: &str) -> Backend {
         other => panic!("unknown backend {other}"),
     };
     let root = dir.path().display().to_string();
-    Backend {
+    Some(Backend {
         blobs: blob_service_from_addr(&format!("objects://{root}/objects{blob_q}")).unwrap(),
         dirs: directory_service_from_addr(&format!("redb://{root}/castore.redb{dir_q}")).unwrap(),
         chunked: true,
         _dir: Some(dir),
-    }
+    })
 }
 
 /// The object-store backends (crate cairn-objectstore), by the same
 /// addresses a user gives: `objectstore+memory://` or a directory.
-fn object_store_backend(options: &str) -> Backend {
+fn object_store_backend(options: &str) -> Option<Backend> {
     let (blob_q, dir_q) = match options {
-        "memory" | "file" => ("", ""),
+        "memory" | "file" | "s3" => ("", ""),
         "file-zstd" => ("?compression=zstd", ""),
+        "s3-zstd" => ("&compression=zstd", ""),
         "file-tvix" => ("", "?size-rule=tvix-compat"),
         other => panic!("unknown object-store backend {other}"),
     };
     let (base, dir) = if options == "memory" {
         ("objectstore+memory://".to_owned(), None)
+    } else if options.starts_with("s3") {
+        let bucket = cairn_testkit::s3_bucket()?;
+        (cairn_testkit::with_fresh_prefix(&bucket), None)
     } else {
         let dir = tempfile::tempdir().unwrap();
         (
@@ -78,12 +85,12 @@ fn object_store_backend(options: &str) -> Backend {
     let dirs = cairn_objectstore::addr::directory_service_from_addr(&format!("{base}{dir_q}"))
         .unwrap()
         .unwrap();
-    Backend {
+    Some(Backend {
         blobs,
         dirs,
         chunked: true,
         _dir: dir,
-    }
+    })
 }
 
 fn name(s: &str) -> PathComponent {
@@ -475,29 +482,29 @@ macro_rules! suite {
         $(mod $backend {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_round_trips() { super::blob_round_trips(backend($kind)).await }
+            async fn blob_round_trips() { if let Some(b) = backend($kind) { super::blob_round_trips(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_concurrent_writers() { super::blob_concurrent_writers(backend($kind)).await }
+            async fn blob_concurrent_writers() { if let Some(b) = backend($kind) { super::blob_concurrent_writers(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_missing() { super::blob_missing(backend($kind)).await }
+            async fn blob_missing() { if let Some(b) = backend($kind) { super::blob_missing(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_chunks_are_blobs() { super::blob_chunks_are_blobs(backend($kind)).await }
+            async fn blob_chunks_are_blobs() { if let Some(b) = backend($kind) { super::blob_chunks_are_blobs(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_random_access() { super::blob_random_access(backend($kind)).await }
+            async fn blob_random_access() { if let Some(b) = backend($kind) { super::blob_random_access(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_unclosed_writer_leaves_nothing() { super::blob_unclosed_writer_leaves_nothing(backend($kind)).await }
+            async fn blob_unclosed_writer_leaves_nothing() { if let Some(b) = backend($kind) { super::blob_unclosed_writer_leaves_nothing(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn blob_ingest_file() { super::blob_ingest_file(backend($kind)).await }
+            async fn blob_ingest_file() { if let Some(b) = backend($kind) { super::blob_ingest_file(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn garbage_collection_keeps_live_blobs_and_their_chunks() { super::garbage_collection_keeps_live_blobs_and_their_chunks(backend($kind)).await }
+            async fn garbage_collection_keeps_live_blobs_and_their_chunks() { if let Some(b) = backend($kind) { super::garbage_collection_keeps_live_blobs_and_their_chunks(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn directory_garbage_collection() { super::directory_garbage_collection(backend($kind)).await }
+            async fn directory_garbage_collection() { if let Some(b) = backend($kind) { super::directory_garbage_collection(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn directory_round_trips() { super::directory_round_trips(backend($kind)).await }
+            async fn directory_round_trips() { if let Some(b) = backend($kind) { super::directory_round_trips(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn directory_missing() { super::directory_missing(backend($kind)).await }
+            async fn directory_missing() { if let Some(b) = backend($kind) { super::directory_missing(b).await } }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bad_closures_are_rejected_and_invisible() { super::bad_closures_are_rejected_and_invisible(backend($kind)).await }
+            async fn bad_closures_are_rejected_and_invisible() { if let Some(b) = backend($kind) { super::bad_closures_are_rejected_and_invisible(b).await } }
         })*
     };
 }
@@ -512,4 +519,6 @@ suite! {
     objectstore_file => "objectstore-file",
     objectstore_file_zstd => "objectstore-file-zstd",
     objectstore_file_tvix => "objectstore-file-tvix",
+    objectstore_s3 => "objectstore-s3",
+    objectstore_s3_zstd => "objectstore-s3-zstd",
 }

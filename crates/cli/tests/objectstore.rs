@@ -148,3 +148,188 @@ fn a_corrupt_object_is_named_on_read_and_never_cached() {
     let nar = run_ok(on(&addr, &["export", &path]).arg("--cache-dir").arg(&cache));
     assert!(nar == good_nar);
 }
+
+/// Runs `curl` against the bucket's S3 API with the test credentials.
+fn s3_curl(method: &str, url: &str, body: Option<&Path>) -> std::process::Output {
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "garage".into());
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--fail", "-X", method])
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{region}:s3"))
+        .arg("--user")
+        .arg(format!("{key}:{secret}"))
+        // curl signs the request but sends no payload hash; S3 wants one.
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+    if let Some(file) = body {
+        c.arg("--data-binary").arg(format!("@{}", file.display()));
+    }
+    c.arg(url).output().unwrap()
+}
+
+#[test]
+fn in_a_real_s3_bucket_a_corrupt_object_is_named_and_never_cached() {
+    let Some(bucket) = cairn_testkit::s3_bucket() else {
+        return;
+    };
+    let addr = cairn_testkit::with_fresh_prefix(&bucket);
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("big.bin"), pseudo_random_bytes(6, 3 << 20)).unwrap();
+    let path = String::from_utf8(run_ok(on(&addr, &["import"]).arg(&tree)))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let good_nar = run_ok(&mut on(&addr, &["export", &path]));
+    let nar_of_tree = run_ok(cairn().args(["nar", "dump"]).arg(&tree));
+    assert!(good_nar == nar_of_tree);
+
+    // One of the blob's chunks, by its digest from `castore stat`.
+    let url = url::Url::parse(&addr).unwrap();
+    let query = |k: &str| {
+        url.query_pairs()
+            .find(|(q, _)| q == k)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let (endpoint, prefix) = (query("endpoint"), query("prefix"));
+    let imported = String::from_utf8(run_ok(
+        on(&addr, &["castore", "import"]).arg(tree.join("big.bin")),
+    ))
+    .unwrap();
+    let blob = imported
+        .split_whitespace()
+        .find(|w| w.starts_with("b3:"))
+        .unwrap()
+        .to_owned();
+    let stat: serde_json::Value = serde_json::from_slice(&run_ok(&mut on(
+        &addr,
+        &["castore", "stat", "--json", &blob],
+    )))
+    .unwrap();
+    let b64 = stat["blob"]["chunks"][1]["digest"].as_str().unwrap();
+    let raw = data_encoding::BASE64
+        .decode(b64.trim_start_matches("b3:").as_bytes())
+        .unwrap();
+    let chunk = data_encoding::HEXLOWER.encode(&raw);
+    let object = format!(
+        "{endpoint}/{}/{prefix}/chunks/{}/{chunk}",
+        url.host_str().unwrap(),
+        &chunk[..2]
+    );
+
+    // Corrupt it in place through the S3 API.
+    let got = s3_curl("GET", &object, None);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let mut bad = got.stdout.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    let bad_file = tmp.path().join("bad");
+    fs::write(&bad_file, &bad).unwrap();
+    let put = s3_curl("PUT", &object, Some(&bad_file));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+
+    let cache = tmp.path().join("cache");
+    let out = on(&addr, &["export", &path])
+        .arg("--cache-dir")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a corrupt chunk was exported");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("chunks/{}/{chunk}", &chunk[..2])),
+        "{err}"
+    );
+    let cached = cairn()
+        .args(["castore", "verify", "--data-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(cached.status.success(), "the cache kept a corrupt object");
+
+    // Put back, the cached read works.
+    let good_file = tmp.path().join("good");
+    fs::write(&good_file, &got.stdout).unwrap();
+    assert!(s3_curl("PUT", &object, Some(&good_file)).status.success());
+    let nar = run_ok(on(&addr, &["export", &path]).arg("--cache-dir").arg(&cache));
+    assert!(nar == good_nar);
+}
+
+/// A child process killed when the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_daemon_and_a_binary_cache_share_one_bucket_and_nix_substitutes_from_it() {
+    let Some(bucket) = cairn_testkit::s3_bucket() else {
+        return;
+    };
+    let (Some(nix), Some(nix_store)) = (oracle("nix"), oracle("nix-store")) else {
+        return;
+    };
+    let addr = cairn_testkit::with_fresh_prefix(&bucket);
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("big.bin"), pseudo_random_bytes(8, (2 << 20) + 5)).unwrap();
+    fs::write(tree.join("sub/small.txt"), b"small\n").unwrap();
+    std::os::unix::fs::symlink("sub/small.txt", tree.join("link")).unwrap();
+
+    // One process: a daemon whose backends are the bucket; the import goes
+    // through it.
+    let (daemon, bound) = cairn_testkit::spawn_announcing(
+        cairn().args(["daemon", "--listen", "127.0.0.1:0", "--store-addr", &addr]),
+        "cairn daemon: listening on ",
+    )
+    .unwrap();
+    let _daemon = Running(daemon);
+    let path = String::from_utf8(run_ok(
+        cairn()
+            .args(["import", "--store-addr", &format!("grpc+http://{bound}")])
+            .arg(&tree),
+    ))
+    .unwrap()
+    .trim()
+    .to_owned();
+
+    // Another: a binary cache over the same bucket, with its own cache.
+    let (serve, url) = cairn_testkit::spawn_announcing(
+        cairn()
+            .args(["serve", "--listen", "127.0.0.1:0", "--store-addr", &addr])
+            .arg("--cache-dir")
+            .arg(tmp.path().join("serve-cache"))
+            .arg("--state-dir")
+            .arg(tmp.path().join("serve-state")),
+        "cairn serve: listening on ",
+    )
+    .unwrap();
+    let _serve = Running(serve);
+
+    // The real Nix substitutes the path from it into a fresh store.
+    let dest = tmp.path().join("nix-dest");
+    run_ok(nix_cmd(&nix, &dest).args(["copy", "--no-check-sigs", "--from", &url, &path]));
+    let copied = dest.join(path.trim_start_matches('/'));
+    let theirs = run_ok(Command::new(&nix_store).arg("--dump").arg(&copied));
+    let original = run_ok(Command::new(&nix_store).arg("--dump").arg(&tree));
+    assert!(
+        theirs == original,
+        "the substituted NAR differs from the tree's"
+    );
+}

@@ -4,7 +4,17 @@
 //! | address | where |
 //! | --- | --- |
 //! | `objectstore+file:///ABS/PATH` | the bucket layout in a local directory (created if missing) |
+//! | `objectstore+s3://BUCKET[/PREFIX]?endpoint=URL&region=R` | an S3-compatible bucket (AWS, Garage, MinIO, …) |
 //! | `objectstore+memory://` | in memory, for tests (each address a new, empty store) |
+//!
+//! S3 credentials come from the environment (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, optionally `AWS_SESSION_TOKEN`, or the other
+//! `AWS_*` variables the `object_store` crate reads), never from the
+//! address, and are never logged. `endpoint` (default: AWS) and `region`
+//! (default `AWS_REGION`, else `us-east-1`) may also come from
+//! `AWS_ENDPOINT` and `AWS_REGION`. Requests are path-style (what
+//! self-hosted stores expect) and retried with backoff on 5xx, timeouts
+//! and connection errors.
 //!
 //! Options: `?prefix=P` puts every key under `P/` (several stores in one
 //! bucket); blob addresses take `?compression=zstd` (chunks are stored
@@ -39,14 +49,31 @@ fn open(addr: &str, extra: &[&str]) -> Result<Option<Opened>, Error> {
     let Some(kind) = url.scheme().strip_prefix("objectstore+") else {
         return Ok(None);
     };
-    let mut known = vec!["prefix"];
+    let mut known = vec!["prefix", "endpoint", "region"];
     known.extend_from_slice(extra);
     check_options(addr, &url, &known)?;
-    let prefix = url
-        .query_pairs()
-        .find(|(k, _)| k == "prefix")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let option = |key: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    if kind != "s3" && (option("endpoint").is_some() || option("region").is_some()) {
+        return Err(bad(
+            addr,
+            "endpoint and region are options of objectstore+s3 only",
+        ));
+    }
+    // In a bucket's address the path is the prefix; ?prefix= adds to it.
+    let mut prefix = String::new();
+    if kind == "s3" {
+        prefix.push_str(url.path().trim_matches('/'));
+    }
+    if let Some(p) = option("prefix") {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(p.trim_matches('/'));
+    }
     let store: Arc<dyn ObjectStore> = match kind {
         "file" => {
             let root = local_path(addr, &url)?;
@@ -61,6 +88,7 @@ fn open(addr: &str, extra: &[&str]) -> Result<Option<Opened>, Error> {
             )
         }
         "memory" => Arc::new(InMemory::new()),
+        "s3" => s3(addr, &url)?,
         other => {
             return Err(bad(
                 addr,
@@ -113,4 +141,45 @@ pub fn path_info_service_from_addr(addr: &str) -> Result<Option<Arc<dyn PathInfo
         return Ok(None);
     };
     Ok(Some(Arc::new(ObjectPathInfoService::new(store, layout))))
+}
+
+/// An S3 bucket client for `objectstore+s3://BUCKET/…`.
+fn s3(addr: &str, url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{BackoffConfig, RetryConfig};
+
+    let bucket = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad(addr, "expected objectstore+s3://BUCKET/PREFIX"))?;
+    // One process-wide TLS crypto provider; a second install is refused
+    // harmlessly (the first stays).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 10,
+            retry_timeout: std::time::Duration::from_secs(120),
+        });
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "endpoint" => {
+                builder = builder
+                    .with_allow_http(value.starts_with("http://"))
+                    .with_endpoint(value.as_ref());
+            }
+            "region" => builder = builder.with_region(value.as_ref()),
+            _ => {}
+        }
+    }
+    if std::env::var_os("AWS_ENDPOINT").is_some_and(|e| e.to_string_lossy().starts_with("http://"))
+    {
+        builder = builder.with_allow_http(true);
+    }
+    let store = builder
+        .build()
+        .map_err(|e| bad(addr, format!("cannot open the bucket: {e}")))?;
+    Ok(Arc::new(store))
 }

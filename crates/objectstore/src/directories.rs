@@ -69,6 +69,20 @@ impl ObjectDirectoryService {
                 {
                     Ok(_) => return Ok(()),
                     Err(object_store::Error::AlreadyExists { .. }) => {}
+                    // A store without conditional writes: record it unless
+                    // recorded (two first writers racing write the same
+                    // rule, or the loser is refused on its next write).
+                    Err(
+                        object_store::Error::NotImplemented { .. }
+                        | object_store::Error::NotSupported { .. },
+                    ) => {
+                        if get_opt(self.store.as_ref(), &key).await?.is_none() {
+                            self.store
+                                .put(&key, PutPayload::from(mine.clone()))
+                                .await
+                                .map_err(|e| storage(&key, e))?;
+                        }
+                    }
                     Err(e) => return Err(storage(&key, e)),
                 }
                 let recorded = get_opt(self.store.as_ref(), &key)

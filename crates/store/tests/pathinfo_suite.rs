@@ -99,6 +99,23 @@ async fn object_stores() {
     assert!(err.contains(&a.store_path.hash_part()), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bucket() {
+    let Some(bucket) = cairn_testkit::s3_bucket() else {
+        return;
+    };
+    let addr = cairn_testkit::with_fresh_prefix(&bucket);
+    let open = || {
+        cairn_objectstore::addr::path_info_service_from_addr(&addr)
+            .unwrap()
+            .unwrap()
+    };
+    put_get_list_and_replace(open().as_ref()).await;
+    let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
+    let got = open().get(a.store_path.digest()).await.unwrap().unwrap();
+    assert_eq!(got.signatures.len(), 1);
+}
+
 #[test]
 fn bad_addresses_are_refused_with_a_reason() {
     for (addr, why) in [

@@ -35,6 +35,46 @@ pub fn oracle(tool: &str) -> Option<PathBuf> {
     found
 }
 
+/// The S3 bucket the object-store tests use: `CAIRN_S3_ADDR` (an
+/// `objectstore+s3://…` address) with credentials in the `AWS_*`
+/// environment, as `eval "$(scripts/garage-cluster start DIR)"` sets them
+/// for a real three-node Garage cluster. Without it a local run skips
+/// (`None`); CI fails.
+pub fn s3_bucket() -> Option<String> {
+    let addr = std::env::var("CAIRN_S3_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty());
+    if addr.is_none() {
+        assert!(
+            !oracles_required(),
+            "no S3 cluster: CAIRN_S3_ADDR is unset but CAIRN_REQUIRE_ORACLES=1 \
+             (eval \"$(scripts/garage-cluster start target/garage)\")"
+        );
+        eprintln!(
+            "SKIP: no S3 cluster; run eval \"$(scripts/garage-cluster start target/garage)\" to test against Garage"
+        );
+    }
+    addr
+}
+
+/// `addr` (an object-store address) with a key prefix of its own, so
+/// tests sharing one bucket never see each other's objects.
+pub fn with_fresh_prefix(addr: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let prefix = format!(
+        "test-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let sep = if addr.contains('?') { '&' } else { '?' };
+    format!("{addr}{sep}prefix={prefix}")
+}
+
 /// Runs a command, panicking with its stderr if it fails; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
     let out = cmd
