@@ -68,6 +68,31 @@ fn a_bucket_holds_the_store_for_every_command() {
     );
 }
 
+/// An export of `path` through a cache in `cache` fails with an error
+/// naming `key` (a corrupt object) and leaves the cache holding nothing
+/// that fails verification.
+fn refused_and_not_cached(addr: &str, path: &str, cache: &Path, key: &str) {
+    let out = on(addr, &["export", path])
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a corrupt chunk was exported");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(key), "the error does not name {key}: {err}");
+    assert!(err.contains("hash to"), "{err}");
+    let cached = cairn()
+        .args(["castore", "verify", "--data-dir"])
+        .arg(cache)
+        .output()
+        .unwrap();
+    assert!(
+        cached.status.success(),
+        "the cache holds a corrupt object: {}",
+        String::from_utf8_lossy(&cached.stdout)
+    );
+}
+
 /// The largest chunk object of the bucket.
 fn largest_chunk(bucket: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
@@ -110,15 +135,7 @@ fn a_corrupt_object_is_named_on_read_and_never_cached() {
     // Read through a local cache: an error naming the object, and the
     // cache keeps nothing corrupt.
     let cache = tmp.path().join("cache");
-    let out = on(&addr, &["export", &path])
-        .arg("--cache-dir")
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a corrupt chunk was exported");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&key), "the error does not name {key}: {err}");
-    assert!(err.contains("hash to"), "{err}");
+    refused_and_not_cached(&addr, &path, &cache, &key);
     let verified = cairn()
         .args(["castore", "verify", "--store-addr", &addr])
         .output()
@@ -132,16 +149,6 @@ fn a_corrupt_object_is_named_on_read_and_never_cached() {
         + &String::from_utf8_lossy(&verified.stderr);
     let digest = victim.file_name().unwrap().to_string_lossy().to_string();
     assert!(report.contains(&digest), "{report}");
-    let cached = cairn()
-        .args(["castore", "verify", "--data-dir"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(
-        cached.status.success(),
-        "the cache holds a corrupt object: {}",
-        String::from_utf8_lossy(&cached.stdout)
-    );
 
     // Repaired in the bucket, the same cached read succeeds.
     fs::write(&victim, &original).unwrap();
@@ -240,23 +247,12 @@ fn in_a_real_s3_bucket_a_corrupt_object_is_named_and_never_cached() {
     );
 
     let cache = tmp.path().join("cache");
-    let out = on(&addr, &["export", &path])
-        .arg("--cache-dir")
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a corrupt chunk was exported");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("chunks/{}/{chunk}", &chunk[..2])),
-        "{err}"
+    refused_and_not_cached(
+        &addr,
+        &path,
+        &cache,
+        &format!("chunks/{}/{chunk}", &chunk[..2]),
     );
-    let cached = cairn()
-        .args(["castore", "verify", "--data-dir"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(cached.status.success(), "the cache kept a corrupt object");
 
     // Put back, the cached read works.
     let good_file = tmp.path().join("good");

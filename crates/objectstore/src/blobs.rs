@@ -37,8 +37,6 @@ const REFRESH_AFTER: Duration = Duration::from_secs(10 * 60);
 const RAW: u8 = 0;
 /// Format byte of a chunk object: zstd-compressed.
 const ZSTD: u8 = 1;
-/// Bytes per entry of a chunk list.
-const LIST_ENTRY: usize = 40;
 
 /// Storage errors of the bucket, naming the key.
 pub(crate) fn storage(key: &Path, e: impl std::fmt::Display) -> Error {
@@ -55,6 +53,15 @@ pub(crate) async fn get_opt(store: &dyn ObjectStore, key: &Path) -> Result<Optio
     match store.get(key).await {
         Ok(got) => got.bytes().await.map(Some).map_err(|e| storage(key, e)),
         Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(storage(key, e)),
+    }
+}
+
+/// Deletes the object at `key`; one already gone is no error.
+pub(crate) async fn delete(store: &dyn ObjectStore, key: &Path) -> Result<(), Error> {
+    match store.delete(key).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(storage(key, e)),
     }
 }
@@ -182,37 +189,15 @@ fn decode_chunk(key: &Path, digest: &B3Digest, raw: Bytes) -> Result<Bytes, Erro
     Ok(data)
 }
 
-fn encode_list(chunks: &[ChunkMeta]) -> Bytes {
-    let mut out = BytesMut::with_capacity(chunks.len() * LIST_ENTRY);
-    for c in chunks {
-        out.extend_from_slice(c.digest.as_bytes());
-        out.extend_from_slice(&c.size.to_le_bytes());
-    }
-    out.freeze()
-}
-
 /// A chunk list object. Its entries are checked when the blob is read
 /// (each chunk's hash, and the whole blob's at the end).
 fn decode_list(key: &Path, digest: &B3Digest, raw: &[u8]) -> Result<Vec<ChunkMeta>, Error> {
-    if raw.is_empty() || !raw.len().is_multiple_of(LIST_ENTRY) {
-        return Err(Error::Integrity {
+    ChunkMeta::decode_list(raw)
+        .filter(|list| !list.is_empty())
+        .ok_or_else(|| Error::Integrity {
             digest: *digest,
             detail: format!("object {key}: a chunk list of {} bytes", raw.len()),
-        });
-    }
-    Ok(raw
-        .chunks_exact(LIST_ENTRY)
-        .map(|e| {
-            let mut d = [0u8; 32];
-            d.copy_from_slice(&e[..32]);
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&e[32..]);
-            ChunkMeta {
-                digest: B3Digest::from(d),
-                size: u64::from_le_bytes(n),
-            }
         })
-        .collect())
 }
 
 /// Chunks of one blob, for [`ChunkedReader`].
@@ -324,11 +309,7 @@ impl BlobService for ObjectBlobService {
         if !dry_run {
             // Lists first: a blob disappears before any of its chunks.
             for key in doomed {
-                match self.store.delete(&key).await {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(storage(&key, e)),
-                }
+                delete(self.store.as_ref(), &key).await?;
             }
         }
         Ok(report)
@@ -431,7 +412,7 @@ impl BlobWriter for ObjectBlobWriter {
             let key = self.service.layout.list(&digest);
             self.service
                 .store
-                .put(&key, PutPayload::from(encode_list(&self.chunks)))
+                .put(&key, PutPayload::from(ChunkMeta::encode_list(&self.chunks)))
                 .await
                 .map_err(|e| storage(&key, e))?;
         }

@@ -23,7 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{get_opt, is_not_found, storage};
+use crate::blobs::{delete, get_opt, storage};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -199,11 +199,7 @@ impl DirectoryService for ObjectDirectoryService {
             report.deleted += 1;
             report.deleted_bytes += size;
             if !dry_run {
-                match self.store.delete(&key).await {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(storage(&key, e)),
-                }
+                delete(self.store.as_ref(), &key).await?;
             }
         }
         Ok(report)

@@ -33,6 +33,44 @@ pub struct ChunkMeta {
     pub size: u64,
 }
 
+impl ChunkMeta {
+    /// Bytes per chunk in [`ChunkMeta::encode_list`]'s format.
+    pub const ENCODED_LEN: usize = 40;
+
+    /// A chunk list as stored by the backends: per chunk its 32 digest
+    /// bytes, then its size as 8 little-endian bytes.
+    pub fn encode_list(chunks: &[ChunkMeta]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunks.len() * Self::ENCODED_LEN);
+        for c in chunks {
+            out.extend_from_slice(c.digest.as_bytes());
+            out.extend_from_slice(&c.size.to_le_bytes());
+        }
+        out
+    }
+
+    /// The list [`ChunkMeta::encode_list`] wrote, or `None` if `raw` is
+    /// not a whole number of entries.
+    pub fn decode_list(raw: &[u8]) -> Option<Vec<ChunkMeta>> {
+        if !raw.len().is_multiple_of(Self::ENCODED_LEN) {
+            return None;
+        }
+        Some(
+            raw.chunks_exact(Self::ENCODED_LEN)
+                .map(|e| {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&e[..32]);
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&e[32..]);
+                    ChunkMeta {
+                        digest: B3Digest::from(d),
+                        size: u64::from_le_bytes(n),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A seekable reader of one blob's verified bytes.
 pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {}
 impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}

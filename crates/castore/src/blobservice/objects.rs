@@ -132,11 +132,7 @@ fn list_checksum(digest: &B3Digest, body: &[u8]) -> [u8; 32] {
 }
 
 fn encode_list(digest: &B3Digest, chunks: &[ChunkMeta]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(chunks.len() * 40 + 32);
-    for c in chunks {
-        body.extend_from_slice(c.digest.as_bytes());
-        body.extend_from_slice(&c.size.to_le_bytes());
-    }
+    let mut body = ChunkMeta::encode_list(chunks);
     let check = list_checksum(digest, &body);
     body.extend_from_slice(&check);
     body
@@ -147,26 +143,15 @@ fn decode_list(digest: &B3Digest, raw: &[u8]) -> Result<Vec<ChunkMeta>, Error> {
         digest: *digest,
         detail: format!("chunk list in the blob index: {detail}"),
     };
-    if raw.len() < 32 || !(raw.len() - 32).is_multiple_of(40) {
+    if raw.len() < 32 {
         return Err(corrupt("malformed"));
     }
     let (body, check) = raw.split_at(raw.len() - 32);
+    let list = ChunkMeta::decode_list(body).ok_or_else(|| corrupt("malformed"))?;
     if list_checksum(digest, body) != check {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok(body
-        .chunks_exact(40)
-        .map(|rec| {
-            let mut d = [0u8; 32];
-            d.copy_from_slice(&rec[..32]);
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&rec[32..]);
-            ChunkMeta {
-                digest: B3Digest::from(d),
-                size: u64::from_le_bytes(s),
-            }
-        })
-        .collect())
+    Ok(list)
 }
 
 /// A pack file open for appending (and reading).
