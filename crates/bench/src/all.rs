@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::harness::report::{self, Machine};
 use crate::harness::summary::{self, Row};
 use crate::harness::CommonArgs;
-use crate::{fs, grpc, http, import, nar, storage, store};
+use crate::{fs, grpc, http, import, nar, s3, storage, store};
 
 /// Options of `cairn-bench all`.
 #[derive(Args, Debug)]
@@ -63,7 +63,7 @@ type GroupRun = fn(CommonArgs) -> Result<Vec<Row>>;
 
 /// The groups, in the order they run: cheapest inputs first, so a broken
 /// tool shows up early.
-const GROUPS: [(&str, GroupRun); 7] = [
+const GROUPS: [(&str, GroupRun); 8] = [
     ("nar", |common| nar::run(nar::NarArgs { common })),
     ("import", |common| {
         import::run(import::ImportArgs { common })
@@ -75,6 +75,7 @@ const GROUPS: [(&str, GroupRun); 7] = [
     ("storage", |common| {
         storage::run(storage::StorageArgs { common })
     }),
+    ("s3", |common| s3::run(s3::S3Args { common })),
 ];
 
 /// Runs every group, then prints and writes the overview.

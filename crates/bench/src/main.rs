@@ -19,6 +19,7 @@ mod harness;
 mod http;
 mod import;
 mod nar;
+mod s3;
 mod storage;
 mod store;
 
@@ -49,6 +50,8 @@ enum Group {
     Fs(fs::FsArgs),
     /// Bytes on disk: two near-identical trees in Cairn against the Nix store and Nix's binary caches.
     Storage(storage::StorageArgs),
+    /// Cairn on a real three-node Garage cluster: import vs rclone and vs embedded, cold vs warm render.
+    S3(s3::S3Args),
     /// Every group above in turn (and `storage`), then one table of every job and its target.
     All(all::AllArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Group::Http(args) => http::run_group(args).map(drop),
         Group::Fs(args) => fs::run(args).map(drop),
         Group::Storage(args) => storage::run(args).map(drop),
+        Group::S3(args) => s3::run(args).map(drop),
         Group::All(args) => all::run(args),
     };
     match result {
