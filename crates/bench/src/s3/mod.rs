@@ -387,7 +387,7 @@ pub fn run(args: S3Args) -> Result<Vec<Row>> {
     );
     println!("import: ratio = baseline time / cairn-into-the-bucket time; render: ratio = warm time / cold time");
     println!();
-    print!("{}", summary_table(&rows));
+    print!("{}", crate::harness::summary::table(&rows));
     println!();
     let headers = [
         "tree",
@@ -433,8 +433,4 @@ pub fn run(args: S3Args) -> Result<Vec<Row>> {
         &jobs,
     )?;
     Ok(rows)
-}
-
-fn summary_table(rows: &[Row]) -> String {
-    crate::harness::summary::table(rows)
 }
