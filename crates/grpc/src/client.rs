@@ -354,16 +354,32 @@ impl BlobService for GrpcBlobService {
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         let (tx, rx) = tokio::sync::mpsc::channel::<cproto::BlobChunk>(4);
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The request ends only when `close` says so. A writer dropped
+        // unclosed also closes the channel, but then the stream never
+        // ends: the aborted call resets it instead, and the daemon
+        // stores nothing (a clean end would store the part sent).
+        let ended = finished.clone();
+        let mut rx = rx;
+        let chunks = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) if !ended.load(std::sync::atomic::Ordering::Acquire) => {
+                // Dropped unclosed: wait for the abort (which wakes the
+                // task to cancel it), never end the request.
+                std::task::Poll::Pending
+            }
+            other => other,
+        });
         let client = self.client();
         let call = tokio::spawn(async move {
             client
                 .map_err(|e| Status::unavailable(e.to_string()))?
-                .put(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .put(chunks)
                 .await
         });
         Box::new(GrpcBlobWriter {
             peer: self.peer.clone(),
             tx: Some(tx),
+            finished,
             call,
             hasher: blake3::Hasher::new(),
             pending: BytesMut::new(),
@@ -467,6 +483,8 @@ impl ChunkSource for RemoteChunks {
 struct GrpcBlobWriter {
     peer: Arc<str>,
     tx: Option<tokio::sync::mpsc::Sender<cproto::BlobChunk>>,
+    /// Set by `close` before the channel closes: the request may end.
+    finished: Arc<std::sync::atomic::AtomicBool>,
     call: tokio::task::JoinHandle<Result<tonic::Response<cproto::PutBlobResponse>, Status>>,
     hasher: blake3::Hasher,
     /// Bytes gathered into pieces of [`BLOB_PIECE`].
@@ -512,6 +530,8 @@ impl BlobWriter for GrpcBlobWriter {
             let piece = std::mem::take(&mut self.pending).freeze();
             self.send(piece).await?;
         }
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
         drop(self.tx.take());
         let expected = B3Digest::from(self.hasher.finalize());
         let resp = (&mut self.call)
