@@ -72,16 +72,9 @@ async fn object_stores() {
 
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("objectstore+file://{}?prefix=team", dir.path().display());
-    let open = || {
-        cairn_objectstore::addr::path_info_service_from_addr(&addr)
-            .unwrap()
-            .unwrap()
-    };
-    put_get_list_and_replace(open().as_ref()).await;
-    // Another front end over the same bucket sees the same paths.
+    shared_by_two_front_ends(&addr).await;
+    let open = || bucket(&addr);
     let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
-    let got = open().get(a.store_path.digest()).await.unwrap().unwrap();
-    assert_eq!(got.signatures.len(), 1);
     // A PathInfo stored under another path's key is refused, naming it.
     let b = info("0sfqrcf48xfcqw4gy961lab11cskjy38-b");
     let key = |p: &PathInfo| {
@@ -104,15 +97,25 @@ async fn s3_bucket() {
     let Some(bucket) = cairn_testkit::s3_bucket() else {
         return;
     };
-    let addr = cairn_testkit::with_fresh_prefix(&bucket);
-    let open = || {
-        cairn_objectstore::addr::path_info_service_from_addr(&addr)
-            .unwrap()
-            .unwrap()
-    };
-    put_get_list_and_replace(open().as_ref()).await;
+    shared_by_two_front_ends(&cairn_testkit::with_fresh_prefix(&bucket)).await;
+}
+
+fn bucket(addr: &str) -> std::sync::Arc<dyn PathInfoService> {
+    cairn_objectstore::addr::path_info_service_from_addr(addr)
+        .unwrap()
+        .unwrap()
+}
+
+/// The suite on one front end over the bucket at `addr`; a second front
+/// end over the same bucket then sees what the first put.
+async fn shared_by_two_front_ends(addr: &str) {
+    put_get_list_and_replace(bucket(addr).as_ref()).await;
     let a = info("8sfqrcf48xfcqw4gy961lab11cskjy38-a");
-    let got = open().get(a.store_path.digest()).await.unwrap().unwrap();
+    let got = bucket(addr)
+        .get(a.store_path.digest())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.signatures.len(), 1);
 }
 
