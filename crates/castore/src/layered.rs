@@ -66,6 +66,10 @@ impl BlobService for LayeredBlobService {
         self.remote.open_write().await
     }
 
+    fn writer_buffer(&self) -> usize {
+        self.remote.writer_buffer()
+    }
+
     async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
         self.remote.put_many(blobs).await
     }

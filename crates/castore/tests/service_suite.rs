@@ -183,8 +183,9 @@ async fn blob_concurrent_writers(b: Backend) {
     for i in 0..64u64 {
         let blobs = b.blobs.clone();
         tasks.push(tokio::spawn(async move {
+            // Several chunks at every backend's chunk sizes.
             let len = if i % 8 == 0 {
-                2 * 1024 * 1024 + i as usize
+                9 * 1024 * 1024 + i as usize
             } else {
                 5_000 + i as usize
             };
@@ -205,13 +206,35 @@ async fn blob_concurrent_writers(b: Backend) {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    for (digest, data) in written {
-        assert_eq!(digest, B3Digest::of(&data));
-        let back = read_to_vec(b.blobs.as_ref(), &digest)
+    for (digest, data) in &written {
+        assert_eq!(*digest, B3Digest::of(data));
+        let back = read_to_vec(b.blobs.as_ref(), digest)
             .await
             .unwrap()
             .unwrap();
-        assert!(back == data, "blob of {} bytes read back wrong", data.len());
+        assert!(
+            back == *data,
+            "blob of {} bytes read back wrong",
+            data.len()
+        );
+    }
+    // And all at once, with one never written among them.
+    let absent = B3Digest::of(b"never written");
+    let mut wanted: Vec<(B3Digest, u64)> = written
+        .iter()
+        .map(|(d, data)| (*d, data.len() as u64))
+        .collect();
+    wanted.insert(3, (absent, 5));
+    let mut got = b.blobs.read_many(&wanted).await.unwrap();
+    assert_eq!(got.len(), wanted.len());
+    assert!(got[3].is_none());
+    got.remove(3);
+    for (back, (_, data)) in got.iter().zip(&written) {
+        assert!(
+            back.as_deref() == Some(&data[..]),
+            "read_many gave a blob of {} bytes back wrong",
+            data.len()
+        );
     }
 }
 
@@ -223,14 +246,16 @@ async fn blob_missing(b: Backend) {
 }
 
 async fn blob_chunks_are_blobs(b: Backend) {
-    let data = pseudo_random_bytes(9, 2 * 1024 * 1024 + 3);
+    // Several chunks at every backend's chunk sizes (2 MiB on average
+    // for buckets).
+    let data = pseudo_random_bytes(9, 12 * 1024 * 1024 + 3);
     let digest = put_bytes(b.blobs.as_ref(), &data).await.unwrap();
     let chunks = b.blobs.chunks(&digest).await.unwrap().unwrap();
     if !b.chunked {
         assert!(chunks.is_empty());
         return;
     }
-    assert!(chunks.len() > 4, "{} chunks", chunks.len());
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
     let mut joined = Vec::new();
     for c in &chunks {
         let piece = read_to_vec(b.blobs.as_ref(), &c.digest)

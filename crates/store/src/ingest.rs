@@ -37,7 +37,8 @@ pub const IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
 const PIECE: usize = 1024 * 1024;
 /// The unit of the in-flight budget.
 const PERMIT_BYTES: usize = 64 * 1024;
-/// What a streaming blob writer may buffer on its own (chunking buffer).
+/// What a streaming blob writer may buffer on its own (chunking buffer),
+/// unless its service says more ([`BlobService::writer_buffer`]).
 const WRITER_RESERVE: usize = 2 * PIECE;
 /// How much of the source is read at a time.
 const READ_BUFFER: usize = 256 * 1024;
@@ -295,7 +296,7 @@ async fn store_large<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<(), IngestError> {
     // A large file: a writer task fed piece by piece, each piece holding
     // its share of the budget until the writer has taken it.
-    let reserve = take_budget(budget, WRITER_RESERVE).await?;
+    let reserve = take_budget(budget, WRITER_RESERVE.max(blobs.writer_buffer())).await?;
     let (tx, mut rx) = mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(4);
     let task_blobs = blobs.clone();
     stores.spawn(async move {

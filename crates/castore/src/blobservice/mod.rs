@@ -141,6 +141,13 @@ pub trait BlobService: Send + Sync {
     async fn ingest_file(&self, path: &Path, expected: u64) -> Result<B3Digest, FileIngestError> {
         ingest::ingest_through_writer(self, path, expected).await
     }
+    /// Bytes one open writer may hold before it has stored them (such as
+    /// a chunker's look-ahead window), so that a caller keeping many
+    /// writers open can budget for them. Zero (the default) for writers
+    /// that pass every write on.
+    fn writer_buffer(&self) -> usize {
+        0
+    }
     /// Whether the lists `chunks` returns are known to concatenate to the
     /// blob: the backend computed them itself and checks their integrity
     /// when reading them back. A reader that verifies each chunk it gets
