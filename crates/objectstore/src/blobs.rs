@@ -2,11 +2,17 @@
 //! each, and one chunk-list object per blob of several chunks (see
 //! [`crate::layout`]).
 //!
-//! Writes upload each chunk as soon as it is cut, a bounded window of
-//! uploads at a time, skipping chunks the bucket already has (recently);
-//! the chunk list goes last, so a blob is visible only once every chunk
-//! is. Reads fetch chunk by chunk, each re-hashed before any of it is
-//! returned, and a sequential reader loads ahead.
+//! Chunks are cut with [`ChunkSizes::OBJECTS`] (2 MiB on average): an
+//! object costs a request and the store's own metadata on every replica.
+//!
+//! Writes upload each chunk as soon as it is cut, skipping chunks the
+//! bucket already has (recently); the uploads in flight are bounded for
+//! the whole service, not per blob, so memory stays bounded however many
+//! files are imported at once. The chunk list goes last, so a blob is
+//! visible only once every chunk is. Reads ask first for the blob as one
+//! chunk (what small files are), then for its list; every chunk is
+//! re-hashed before any of it is returned, a sequential reader loads
+//! ahead, and batches of small blobs are fetched concurrently.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -16,18 +22,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cairn_castore::blobservice::chunked::{start_now, ChunkSource, ChunkedReader};
-use cairn_castore::blobservice::{chunker, VerifyReport};
+use cairn_castore::blobservice::chunker::{self, ChunkSizes};
+use cairn_castore::blobservice::VerifyReport;
 use cairn_castore::gc::GcReport;
 use cairn_castore::{B3Digest, BlobReader, BlobService, BlobWriter, ChunkMeta, Error};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::layout::{Layout, CHUNKS, LISTS};
 
-/// Chunk uploads one writer keeps in flight.
-const UPLOAD_WINDOW: usize = 8;
+/// How chunks are cut.
+const SIZES: ChunkSizes = ChunkSizes::OBJECTS;
+/// What a writer is typically handed at once, on top of its window.
+const READ_PIECE_HINT: usize = 1024 * 1024;
+/// Chunk uploads in flight over the whole service are bounded by their
+/// bytes, counted in units of this size (a smaller chunk takes one unit)...
+const UPLOAD_UNIT: usize = 256 * 1024;
+/// ...of which there are this many: 16 MiB held for uploading at most,
+/// which is also up to 64 small objects in flight, enough to keep a
+/// bucket busy with small files.
+const UPLOAD_UNITS: usize = 64;
+/// Object requests in flight for one batch read or existence check.
+const READS_IN_FLIGHT: usize = 32;
+/// The largest chunk any version of this layout has written (a bound for
+/// decompression, so a hostile object cannot inflate without limit).
+const LARGEST_CHUNK: usize = if SIZES.max > chunker::MAX_CHUNK {
+    SIZES.max
+} else {
+    chunker::MAX_CHUNK
+};
 /// A chunk already in the bucket is uploaded again (refreshing its age)
 /// when it is older than this, so that garbage collection, which spares
 /// objects younger than its grace period (60 minutes by default), cannot
@@ -81,6 +107,9 @@ pub struct ObjectBlobService {
     store: Arc<dyn ObjectStore>,
     layout: Layout,
     zstd: bool,
+    /// Permits for chunk uploads ([`UPLOAD_UNIT`]s), shared by every
+    /// writer of the service.
+    uploads: Arc<Semaphore>,
 }
 
 impl ObjectBlobService {
@@ -91,7 +120,28 @@ impl ObjectBlobService {
             store,
             layout,
             zstd,
+            uploads: Arc::new(Semaphore::new(UPLOAD_UNITS)),
         }
+    }
+
+    /// A blob's whole contents, verified, or `None` if the bucket lacks it.
+    async fn read_whole(&self, digest: &B3Digest) -> Result<Option<Bytes>, Error> {
+        if let Some(data) = self.chunk(digest).await? {
+            return Ok(Some(data));
+        }
+        let Some(list) = self.list(digest).await? else {
+            return Ok(None);
+        };
+        let size: u64 = list.iter().map(|c| c.size).sum();
+        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let source = BucketChunks {
+            service: self.clone(),
+        };
+        let mut reader = ChunkedReader::new(source, *digest, list);
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut data)
+            .await
+            .map_err(Error::from_io)?;
+        Ok(Some(Bytes::from(data)))
     }
 
     /// A chunk's bytes, verified, or `None` if the bucket lacks it.
@@ -112,6 +162,61 @@ impl ObjectBlobService {
         }
     }
 
+    /// Units of the upload budget a chunk of `len` bytes takes.
+    fn upload_units(len: usize) -> u32 {
+        u32::try_from(len.div_ceil(UPLOAD_UNIT).clamp(1, UPLOAD_UNITS)).unwrap_or(1)
+    }
+
+    /// Stores a blob held in memory: its chunks, then (for several) its
+    /// list, each chunk upload holding its share of the upload budget.
+    async fn put_bytes(&self, data: Bytes) -> Result<B3Digest, Error> {
+        let digest = B3Digest::of(&data);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for len in SIZES.cut(&data, true) {
+            chunks.push((B3Digest::of(&data[start..start + len]), start..start + len));
+            start += len;
+        }
+        if chunks.len() <= 1 {
+            // One chunk (or the empty blob): the chunk is the blob.
+            let _permit = self.upload_permit(data.len()).await?;
+            self.put_chunk(digest, data).await?;
+            return Ok(digest);
+        }
+        futures::stream::iter(chunks.iter().cloned())
+            .map(|(d, range)| {
+                let piece = data.slice(range);
+                async move {
+                    let _permit = self.upload_permit(piece.len()).await?;
+                    self.put_chunk(d, piece).await
+                }
+            })
+            .buffer_unordered(UPLOAD_UNITS)
+            .try_collect::<()>()
+            .await?;
+        let list: Vec<ChunkMeta> = chunks
+            .into_iter()
+            .map(|(digest, range)| ChunkMeta {
+                digest,
+                size: (range.end - range.start) as u64,
+            })
+            .collect();
+        let key = self.layout.list(&digest);
+        self.store
+            .put(&key, PutPayload::from(ChunkMeta::encode_list(&list)))
+            .await
+            .map_err(|e| storage(&key, e))?;
+        Ok(digest)
+    }
+
+    /// Waits for room in the upload budget for a chunk of `len` bytes.
+    async fn upload_permit(&self, len: usize) -> Result<OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.uploads)
+            .acquire_many_owned(Self::upload_units(len))
+            .await
+            .map_err(|_| Error::Storage("the upload limiter was closed".into()))
+    }
+
     /// Uploads one chunk unless the bucket has it (and recently).
     async fn put_chunk(&self, digest: B3Digest, data: Bytes) -> Result<(), Error> {
         let key = self.layout.chunk(&digest);
@@ -125,9 +230,9 @@ impl ObjectBlobService {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(storage(&key, e)),
         }
-        let encoded = encode_chunk(&data, self.zstd).map_err(|e| storage(&key, e))?;
+        let encoded = encode_chunk(data, self.zstd).map_err(|e| storage(&key, e))?;
         self.store
-            .put(&key, PutPayload::from(encoded))
+            .put(&key, encoded)
             .await
             .map_err(|e| storage(&key, e))?;
         Ok(())
@@ -155,16 +260,18 @@ fn chrono_age(t: chrono::DateTime<chrono::Utc>) -> Duration {
     (chrono::Utc::now() - t).to_std().unwrap_or_default()
 }
 
-fn encode_chunk(data: &[u8], zstd: bool) -> std::io::Result<Bytes> {
-    let mut out = BytesMut::with_capacity(data.len() + 1);
-    if zstd {
-        out.extend_from_slice(&[ZSTD]);
-        out.extend_from_slice(&zstd::bulk::compress(data, 3)?);
+/// A chunk object's body: the format byte, then the bytes (raw ones not
+/// copied).
+fn encode_chunk(data: Bytes, zstd: bool) -> std::io::Result<PutPayload> {
+    let (tag, body) = if zstd {
+        (ZSTD, Bytes::from(zstd::bulk::compress(&data, 3)?))
     } else {
-        out.extend_from_slice(&[RAW]);
-        out.extend_from_slice(data);
-    }
-    Ok(out.freeze())
+        (RAW, data)
+    };
+    Ok(PutPayload::from_iter([
+        Bytes::copy_from_slice(&[tag]),
+        body,
+    ]))
 }
 
 /// A chunk object's bytes, checked against the digest it is stored under.
@@ -176,7 +283,7 @@ fn decode_chunk(key: &Path, digest: &B3Digest, raw: Bytes) -> Result<Bytes, Erro
     let data = match raw.first() {
         Some(&RAW) => raw.slice(1..),
         Some(&ZSTD) => Bytes::from(
-            zstd::bulk::decompress(&raw[1..], chunker::MAX_CHUNK)
+            zstd::bulk::decompress(&raw[1..], LARGEST_CHUNK)
                 .map_err(|e| corrupt(format!("zstd: {e}")))?,
         ),
         Some(tag) => return Err(corrupt(format!("unknown format byte {tag}"))),
@@ -221,15 +328,15 @@ impl ChunkSource for BucketChunks {
 impl BlobService for ObjectBlobService {
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
         Ok(
-            exists(self.store.as_ref(), &self.layout.list(digest)).await?
-                || exists(self.store.as_ref(), &self.layout.chunk(digest)).await?,
+            exists(self.store.as_ref(), &self.layout.chunk(digest)).await?
+                || exists(self.store.as_ref(), &self.layout.list(digest)).await?,
         )
     }
 
     async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
         let found: Vec<(B3Digest, bool)> = futures::stream::iter(digests.iter().copied())
             .map(|d| async move { Ok::<_, Error>((d, self.has(&d).await?)) })
-            .buffered(UPLOAD_WINDOW)
+            .buffered(READS_IN_FLIGHT)
             .try_collect()
             .await?;
         Ok(found
@@ -240,16 +347,37 @@ impl BlobService for ObjectBlobService {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        if let Some(list) = self.list(digest).await? {
+        // Most blobs are small files, one chunk each: one request.
+        if let Some(data) = self.chunk(digest).await? {
+            return Ok(Some(Box::new(Cursor::new(data))));
+        }
+        Ok(self.list(digest).await?.map(|list| {
             let source = BucketChunks {
                 service: self.clone(),
             };
-            return Ok(Some(Box::new(ChunkedReader::new(source, *digest, list))));
-        }
-        Ok(self
-            .chunk(digest)
-            .await?
-            .map(|data| Box::new(Cursor::new(data)) as Box<dyn BlobReader>))
+            Box::new(ChunkedReader::new(source, *digest, list)) as Box<dyn BlobReader>
+        }))
+    }
+
+    async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
+        // Each blob's uploads wait for the shared budget, so the whole
+        // batch can be started at once.
+        futures::stream::iter(blobs)
+            .map(|data| self.put_bytes(data))
+            .buffered(UPLOAD_UNITS)
+            .try_collect()
+            .await
+    }
+
+    async fn read_many(&self, wanted: &[(B3Digest, u64)]) -> Result<Vec<Option<Bytes>>, Error> {
+        // One round trip each, many at once: a batch costs about what its
+        // slowest object does, not the sum.
+        let digests: Vec<B3Digest> = wanted.iter().map(|(d, _)| *d).collect();
+        futures::stream::iter(digests)
+            .map(|d| async move { self.read_whole(&d).await })
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
@@ -262,12 +390,17 @@ impl BlobService for ObjectBlobService {
         })
     }
 
+    fn writer_buffer(&self) -> usize {
+        // `pending` reaches a chunk's maximum before anything is cut.
+        SIZES.max + READ_PIECE_HINT
+    }
+
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        if let Some(list) = self.list(digest).await? {
-            return Ok(Some(list));
-        }
-        let single = exists(self.store.as_ref(), &self.layout.chunk(digest)).await?;
-        Ok(single.then(Vec::new))
+        // Asked about large blobs, which may be either: both at once.
+        let chunk_key = self.layout.chunk(digest);
+        let (list, single) =
+            futures::try_join!(self.list(digest), exists(self.store.as_ref(), &chunk_key))?;
+        Ok(list.or_else(|| single.then(Vec::new)))
     }
 
     async fn collect_garbage(
@@ -348,46 +481,81 @@ struct ObjectBlobWriter {
     pending: BytesMut,
     hasher: blake3::Hasher,
     chunks: Vec<ChunkMeta>,
-    /// Uploads in flight; a writer dropped unclosed aborts them, and no
-    /// list object is written, so no blob appears.
+    /// Uploads in flight, each holding its share of the service's upload
+    /// budget; a writer dropped unclosed aborts them, and no list object
+    /// is written, so no blob appears.
     uploads: JoinSet<Result<(), Error>>,
 }
 
 impl ObjectBlobWriter {
     /// Cuts what is final in `pending` and starts uploading it.
     async fn cut(&mut self, eof: bool) -> Result<(), Error> {
-        for len in chunker::cut(&self.pending, eof) {
-            let data = self.pending.split_to(len).freeze();
+        for len in SIZES.cut(&self.pending, eof) {
+            // Copied out whole: a slice of `pending` would keep its entire
+            // allocation alive until the upload is done.
+            let data = Bytes::copy_from_slice(&self.pending[..len]);
+            bytes::Buf::advance(&mut self.pending, len);
             let digest = B3Digest::of(&data);
             self.chunks.push(ChunkMeta {
                 digest,
                 size: len as u64,
             });
-            while self.uploads.len() >= UPLOAD_WINDOW {
-                self.join_one().await?;
-            }
+            let permit = self.permit(len).await?;
             let service = self.service.clone();
-            self.uploads
-                .spawn(async move { service.put_chunk(digest, data).await });
+            self.uploads.spawn(async move {
+                let _permit = permit;
+                service.put_chunk(digest, data).await
+            });
         }
         Ok(())
     }
 
-    async fn join_one(&mut self) -> Result<(), Error> {
-        match self.uploads.join_next().await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => Err(Error::Storage(format!("a chunk upload failed: {e}"))),
-            None => Ok(()),
+    /// Room in the service's upload budget for one more chunk of `len`
+    /// bytes; failures of this writer's finished uploads surface here.
+    async fn permit(&mut self, len: usize) -> Result<OwnedSemaphorePermit, Error> {
+        loop {
+            while let Some(done) = self.uploads.try_join_next() {
+                joined(done)?;
+            }
+            if self.uploads.is_empty() {
+                // Others hold the budget: wait for theirs to finish.
+                return self.service.upload_permit(len).await;
+            }
+            // Wait for our own uploads too, so that an error is not left
+            // waiting behind the budget.
+            tokio::select! {
+                permit = self.service.upload_permit(len) => return permit,
+                Some(done) = self.uploads.join_next() => joined(done)?,
+            }
         }
     }
+}
+
+/// The outcome of one joined upload task.
+fn joined(done: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    done.map_err(|e| Error::Storage(format!("a chunk upload failed: {e}")))?
 }
 
 #[async_trait]
 impl BlobWriter for ObjectBlobWriter {
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         self.hasher.update(data);
+        let needed = self.pending.len() + data.len();
+        if needed > self.pending.capacity() {
+            // Grown to what is needed, not doubled: many writers are open
+            // at once, and each holds up to `max` bytes. A blob written in
+            // one piece gets just its size.
+            let capacity = if self.pending.is_empty() {
+                needed
+            } else {
+                needed.max(SIZES.max + READ_PIECE_HINT)
+            };
+            let mut grown = BytesMut::with_capacity(capacity);
+            grown.extend_from_slice(&self.pending);
+            self.pending = grown;
+        }
         self.pending.extend_from_slice(data);
-        if self.pending.len() >= 2 * chunker::MAX_CHUNK {
+        if self.pending.len() >= SIZES.max {
             self.cut(false).await?;
         }
         Ok(())
@@ -402,10 +570,11 @@ impl BlobWriter for ObjectBlobWriter {
                 digest: empty,
                 size: 0,
             });
+            let _permit = self.service.upload_permit(0).await?;
             self.service.put_chunk(empty, Bytes::new()).await?;
         }
-        while !self.uploads.is_empty() {
-            self.join_one().await?;
+        while let Some(done) = self.uploads.join_next().await {
+            joined(done)?;
         }
         let digest = B3Digest::from(self.hasher.finalize());
         if self.chunks.len() > 1 {
