@@ -15,14 +15,24 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Bytes;
+use cairn_castore::blobservice::ChunkMeta;
 use cairn_castore::{B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent};
 use cairn_nix::nar::{NarEncoder, NarWriteError};
+use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-/// Fetches (batches of small blobs, or large blobs opened) ahead of the one being copied.
+/// Fetch units (batches of small blobs, large blobs' chunk lists or
+/// readers) resolved ahead of the one being copied.
 const OPEN_AHEAD: usize = 4;
+/// Fetched pieces (batches, groups of chunks) ahead of the one being
+/// copied, across blobs: with chunks fetched in groups of about
+/// [`GROUP_BYTES`], some 8 MiB of a large file is on its way at once.
+const PIECES_AHEAD: usize = 16;
+/// A group of chunks fetched in one backend call holds about this many
+/// bytes (at least one chunk).
+const GROUP_BYTES: u64 = 1024 * 1024;
 /// Output is written in pieces of at least this size.
 const OUTPUT_BUFFER: usize = 1024 * 1024;
 
@@ -199,12 +209,18 @@ impl NarLayout {
                 wanted.push((i, from..to));
             }
         }
-        // Small blobs are fetched in batches (one backend call for many
-        // files), large ones opened as readers; a few units ahead.
-        let mut units = futures::stream::iter(fetch_units(blob_reads))
-            .map(|unit| fetch(blobs, unit))
-            .buffered(OPEN_AHEAD);
-        let mut current: Option<Fetched> = None;
+        // Two stages, so that fetching runs ahead across file boundaries:
+        // the first resolves units a few ahead (a batch of small blobs
+        // fetched, a large blob's chunk list looked up, or a reader
+        // opened); the second fetches what those name, pieces of every
+        // upcoming blob at once, and hands them on in order.
+        let mut pieces = futures::stream::iter(fetch_units(blob_reads))
+            .map(move |unit| resolve(blobs, unit))
+            .buffered(OPEN_AHEAD)
+            .map_ok(move |resolved| expand(blobs, resolved))
+            .try_flatten()
+            .try_buffered(PIECES_AHEAD);
+        let mut batch: Option<std::vec::IntoIter<FetchedBlob>> = None;
         for (i, within) in wanted {
             match &self.parts[i] {
                 Part::Literal(bytes) => {
@@ -213,15 +229,16 @@ impl NarLayout {
                 }
                 Part::Blob { .. } => {
                     let item = loop {
-                        if let Some(item) = current.as_mut().and_then(Fetched::next) {
-                            break item;
+                        if let Some(item) = batch.as_mut().and_then(Iterator::next) {
+                            break Piece::Blob(item);
                         }
-                        current = Some(units.next().await.ok_or_else(|| {
-                            cairn_castore::Error::Storage("blob fetch lost".into())
-                        })??);
+                        match next_piece(&mut pieces).await? {
+                            Piece::Batch(items) => batch = Some(items),
+                            other => break other,
+                        }
                     };
                     match item {
-                        FetchedBlob::Whole(data, digest, size, within) => {
+                        Piece::Blob(FetchedBlob::Whole(data, digest, size, within)) => {
                             if data.len() as u64 != size {
                                 return Err(RenderError::ShortBlob {
                                     digest,
@@ -232,8 +249,7 @@ impl NarLayout {
                             sink.piece(data.slice(within.start as usize..within.end as usize))
                                 .await?;
                         }
-                        FetchedBlob::Chunked(blob) => render_chunks(blobs, blob, sink).await?,
-                        FetchedBlob::Reader((reader, digest, size, within)) => {
+                        Piece::Blob(FetchedBlob::Reader((reader, digest, size, within))) => {
                             let want = within.end - within.start;
                             let copied = copy_pieces(reader.take(want), sink).await?;
                             if copied != want {
@@ -244,6 +260,17 @@ impl NarLayout {
                                 });
                             }
                         }
+                        Piece::Chunked(head) => {
+                            let mut blob = ChunkedRender::new(&head, blobs.chunk_lists_verified());
+                            for _ in 0..head.groups {
+                                match next_piece(&mut pieces).await? {
+                                    Piece::Chunks(group) => blob.group(group, sink).await?,
+                                    _ => return Err(lost_piece()),
+                                }
+                            }
+                            blob.finish(sink).await?;
+                        }
+                        Piece::Batch(_) | Piece::Chunks(_) => return Err(lost_piece()),
                     }
                 }
             }
@@ -314,6 +341,12 @@ fn fetch_units(reads: Vec<Wanted>) -> Vec<FetchUnit> {
 enum FetchedBlob {
     Whole(Bytes, B3Digest, u64, Range<u64>),
     Reader(OpenBlob),
+}
+
+/// A fetch unit resolved by the first stage.
+enum Resolved {
+    Small(Vec<FetchedBlob>),
+    Large(FetchedBlob),
     Chunked(ChunkedBlob),
 }
 
@@ -324,28 +357,49 @@ struct ChunkedBlob {
     digest: B3Digest,
     size: u64,
     within: Range<u64>,
-    chunks: Vec<cairn_castore::blobservice::ChunkMeta>,
+    chunks: Vec<ChunkMeta>,
 }
 
-enum Fetched {
-    Small(std::vec::IntoIter<FetchedBlob>),
-    Large(Option<FetchedBlob>),
+/// What the second stage hands on, in NAR order.
+enum Piece {
+    /// Small blobs, fetched.
+    Batch(std::vec::IntoIter<FetchedBlob>),
+    /// One large blob, whole or as a reader.
+    Blob(FetchedBlob),
+    /// A chunked blob begins; `groups` [`Piece::Chunks`] follow.
+    Chunked(ChunkedHead),
+    /// Chunks of the current chunked blob, each with its offset in the
+    /// blob, fetched.
+    Chunks(Vec<(u64, ChunkMeta, Option<Bytes>)>),
 }
 
-impl Fetched {
-    fn next(&mut self) -> Option<FetchedBlob> {
-        match self {
-            Fetched::Small(items) => items.next(),
-            Fetched::Large(one) => one.take(),
-        }
-    }
+struct ChunkedHead {
+    digest: B3Digest,
+    size: u64,
+    within: Range<u64>,
+    groups: usize,
 }
 
-async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, RenderError> {
+type PieceFuture<'a> = BoxFuture<'a, Result<Piece, RenderError>>;
+
+async fn next_piece<S>(pieces: &mut S) -> Result<Piece, RenderError>
+where
+    S: futures::Stream<Item = Result<Piece, RenderError>> + Unpin,
+{
+    pieces.next().await.ok_or_else(lost_piece)?
+}
+
+fn lost_piece() -> RenderError {
+    cairn_castore::Error::Storage("a blob fetch was lost".into()).into()
+}
+
+/// First stage: fetches a batch of small blobs, or finds out how a large
+/// blob is stored.
+async fn resolve(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Resolved, RenderError> {
     match unit {
         FetchUnit::Large((digest, size, within)) => {
             let chunks = blobs.chunks(&digest).await?.unwrap_or_default();
-            let blob = if chunks.is_empty() && size <= WHOLE_READ_MAX {
+            if chunks.is_empty() && size <= WHOLE_READ_MAX {
                 // Stored whole and small enough to hold: one read, not a
                 // second lookup through a reader.
                 let data = blobs
@@ -357,19 +411,22 @@ async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, Rend
                         what: "blob",
                         digest,
                     })?;
-                FetchedBlob::Whole(data, digest, size, within)
+                Ok(Resolved::Large(FetchedBlob::Whole(
+                    data, digest, size, within,
+                )))
             } else if chunks.is_empty() {
                 // Stored whole and large (a backend that does not chunk).
-                FetchedBlob::Reader(open_at(blobs, digest, size, within).await?)
+                Ok(Resolved::Large(FetchedBlob::Reader(
+                    open_at(blobs, digest, size, within).await?,
+                )))
             } else {
-                FetchedBlob::Chunked(ChunkedBlob {
+                Ok(Resolved::Chunked(ChunkedBlob {
                     digest,
                     size,
                     within,
                     chunks,
-                })
-            };
-            Ok(Fetched::Large(Some(blob)))
+                }))
+            }
         }
         FetchUnit::Small(batch) => {
             let wanted: Vec<(B3Digest, u64)> = batch.iter().map(|w| (w.0, w.1)).collect();
@@ -382,8 +439,161 @@ async fn fetch(blobs: &dyn BlobService, unit: FetchUnit) -> Result<Fetched, Rend
                 })?;
                 items.push(FetchedBlob::Whole(data, digest, size, within));
             }
-            Ok(Fetched::Small(items.into_iter()))
+            Ok(Resolved::Small(items))
         }
+    }
+}
+
+/// Second stage: what a resolved unit still needs fetched, as futures
+/// that the stage runs several at a time.
+fn expand(
+    blobs: &dyn BlobService,
+    resolved: Resolved,
+) -> futures::stream::BoxStream<'_, Result<PieceFuture<'_>, RenderError>> {
+    let ready = |piece: Piece| -> PieceFuture<'_> { Box::pin(async move { Ok(piece) }) };
+    let futures: Vec<PieceFuture<'_>> = match resolved {
+        Resolved::Small(items) => vec![ready(Piece::Batch(items.into_iter()))],
+        Resolved::Large(blob) => vec![ready(Piece::Blob(blob))],
+        Resolved::Chunked(blob) => match chunk_groups(blob) {
+            Err(e) => vec![Box::pin(async move { Err(e) })],
+            Ok((head, groups)) => std::iter::once(ready(Piece::Chunked(head)))
+                .chain(groups.into_iter().map(|group| -> PieceFuture<'_> {
+                    Box::pin(async move {
+                        let asked: Vec<(B3Digest, u64)> =
+                            group.iter().map(|(_, c)| (c.digest, c.size)).collect();
+                        let found = blobs.read_many(&asked).await?;
+                        Ok(Piece::Chunks(
+                            group
+                                .into_iter()
+                                .zip(found)
+                                .map(|((start, meta), data)| (start, meta, data))
+                                .collect(),
+                        ))
+                    })
+                }))
+                .collect(),
+        },
+    };
+    futures::stream::iter(futures.into_iter().map(Ok)).boxed()
+}
+
+/// The groups of chunks to fetch for the wanted slice of a chunked blob,
+/// each chunk with its offset in the blob.
+#[allow(clippy::type_complexity)]
+fn chunk_groups(
+    blob: ChunkedBlob,
+) -> Result<(ChunkedHead, Vec<Vec<(u64, ChunkMeta)>>), RenderError> {
+    let ChunkedBlob {
+        digest,
+        size,
+        within,
+        chunks,
+    } = blob;
+    let listed: u64 = chunks.iter().map(|c| c.size).sum();
+    if listed != size {
+        return Err(RenderError::ShortBlob {
+            digest,
+            expected: size,
+            got: listed,
+        });
+    }
+    let mut groups: Vec<Vec<(u64, ChunkMeta)>> = Vec::new();
+    let mut group_bytes = 0;
+    let mut offset = 0u64;
+    for c in chunks {
+        let end = offset + c.size;
+        if end > within.start && offset < within.end {
+            if groups.is_empty() || group_bytes >= GROUP_BYTES {
+                groups.push(Vec::new());
+                group_bytes = 0;
+            }
+            group_bytes += c.size;
+            if let Some(g) = groups.last_mut() {
+                g.push((offset, c));
+            }
+        }
+        offset = end;
+    }
+    let head = ChunkedHead {
+        digest,
+        size,
+        within,
+        groups: groups.len(),
+    };
+    Ok((head, groups))
+}
+
+/// Hands the wanted slice of a chunked blob to the sink as its chunks
+/// arrive. The backend verifies every chunk against its digest. When the
+/// whole blob is rendered from a chunk list the backend does not vouch
+/// for, the blob's own digest is checked too (a list could be wrong where
+/// every chunk is right), before the blob's last piece is handed on.
+struct ChunkedRender {
+    digest: B3Digest,
+    size: u64,
+    within: Range<u64>,
+    hasher: Option<blake3::Hasher>,
+    /// One piece is held back, so that the last one goes out only after
+    /// the whole blob has been checked.
+    held: Option<Bytes>,
+}
+
+impl ChunkedRender {
+    fn new(head: &ChunkedHead, lists_verified: bool) -> Self {
+        let whole = head.within.start == 0 && head.within.end == head.size;
+        ChunkedRender {
+            digest: head.digest,
+            size: head.size,
+            within: head.within.clone(),
+            hasher: (whole && !lists_verified).then(blake3::Hasher::new),
+            held: None,
+        }
+    }
+
+    async fn group(
+        &mut self,
+        group: Vec<(u64, ChunkMeta, Option<Bytes>)>,
+        sink: &mut dyn NarSink,
+    ) -> Result<(), RenderError> {
+        for (start, meta, data) in group {
+            let data = data.ok_or(cairn_castore::Error::NotFound {
+                what: "chunk",
+                digest: meta.digest,
+            })?;
+            if data.len() as u64 != meta.size {
+                return Err(RenderError::ShortBlob {
+                    digest: self.digest,
+                    expected: self.size,
+                    got: start + data.len() as u64,
+                });
+            }
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&data);
+            }
+            let from = self.within.start.saturating_sub(start) as usize;
+            let to = (self.within.end - start).min(meta.size) as usize;
+            if let Some(prev) = self.held.replace(data.slice(from..to)) {
+                sink.piece(prev).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(self, sink: &mut dyn NarSink) -> Result<(), RenderError> {
+        if let Some(h) = self.hasher {
+            let actual = B3Digest::from(h.finalize());
+            if actual != self.digest {
+                return Err(cairn_castore::Error::Integrity {
+                    digest: self.digest,
+                    detail: format!("chunks concatenate to {actual}"),
+                }
+                .into());
+            }
+        }
+        if let Some(last) = self.held {
+            sink.piece(last).await?;
+        }
+        Ok(())
     }
 }
 
@@ -415,99 +625,6 @@ async fn open_at(
             .map_err(cairn_castore::Error::from_io)?;
     }
     Ok((reader, digest, size, within))
-}
-
-/// Chunks fetched per backend call, and calls in flight, when rendering
-/// a chunked blob: ~1 MiB per call at the default chunk size, 4 MiB ahead.
-const CHUNKS_PER_FETCH: usize = 4;
-const CHUNK_FETCHES_AHEAD: usize = 4;
-
-/// Hands the wanted slice of a chunked blob to `sink`, chunk by chunk. The
-/// backend verifies every chunk against its digest. When the whole blob is
-/// rendered from a chunk list the backend does not vouch for, the blob's
-/// own digest is checked too (a list could be wrong where every chunk is
-/// right), before the blob's last piece is handed on.
-async fn render_chunks(
-    blobs: &dyn BlobService,
-    blob: ChunkedBlob,
-    sink: &mut dyn NarSink,
-) -> Result<(), RenderError> {
-    let ChunkedBlob {
-        digest,
-        size,
-        within,
-        chunks,
-    } = blob;
-    let listed: u64 = chunks.iter().map(|c| c.size).sum();
-    if listed != size {
-        return Err(RenderError::ShortBlob {
-            digest,
-            expected: size,
-            got: listed,
-        });
-    }
-    let whole = within.start == 0 && within.end == size;
-    let mut hasher = (whole && !blobs.chunk_lists_verified()).then(blake3::Hasher::new);
-    // The chunks overlapping the slice, each with its offset in the blob.
-    let mut wanted = Vec::new();
-    let mut offset = 0u64;
-    for c in chunks {
-        let end = offset + c.size;
-        if end > within.start && offset < within.end {
-            wanted.push((offset, c));
-        }
-        offset = end;
-    }
-    let groups: Vec<Vec<(u64, cairn_castore::blobservice::ChunkMeta)>> =
-        wanted.chunks(CHUNKS_PER_FETCH).map(<[_]>::to_vec).collect();
-    let mut fetches = futures::stream::iter(groups)
-        .map(|group| async move {
-            let asked: Vec<(B3Digest, u64)> =
-                group.iter().map(|(_, c)| (c.digest, c.size)).collect();
-            let found = blobs.read_many(&asked).await?;
-            Ok::<_, RenderError>(group.into_iter().zip(found).collect::<Vec<_>>())
-        })
-        .buffered(CHUNK_FETCHES_AHEAD);
-    let mut held: Option<Bytes> = None;
-    while let Some(group) = fetches.next().await {
-        for ((start, meta), data) in group? {
-            let data = data.ok_or(cairn_castore::Error::NotFound {
-                what: "chunk",
-                digest: meta.digest,
-            })?;
-            if data.len() as u64 != meta.size {
-                return Err(RenderError::ShortBlob {
-                    digest,
-                    expected: size,
-                    got: start + data.len() as u64,
-                });
-            }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&data);
-            }
-            let from = within.start.saturating_sub(start) as usize;
-            let to = (within.end - start).min(meta.size) as usize;
-            // One piece is held back, so that the last one goes out only
-            // after the whole blob has been checked.
-            if let Some(prev) = held.replace(data.slice(from..to)) {
-                sink.piece(prev).await?;
-            }
-        }
-    }
-    if let Some(h) = hasher {
-        let actual = B3Digest::from(h.finalize());
-        if actual != digest {
-            return Err(cairn_castore::Error::Integrity {
-                digest,
-                detail: format!("chunks concatenate to {actual}"),
-            }
-            .into());
-        }
-    }
-    if let Some(last) = held {
-        sink.piece(last).await?;
-    }
-    Ok(())
 }
 
 /// Reads a large blob in pieces of up to [`OUTPUT_BUFFER`] bytes into

@@ -24,11 +24,16 @@ fn fixture(rt: &tokio::runtime::Runtime) -> Fixture {
         let work = tempfile::tempdir().unwrap();
         std::fs::create_dir(work.path().join("gen")).unwrap();
         let mut trees = generated_trees(&work.path().join("gen"));
-        // Chunked blobs, so ranges start inside chunks of a large file.
+        // Chunked blobs, so ranges start inside chunks of a large file,
+        // several in a row, so the renderer fetches pieces of the next
+        // while handing on the last.
         let big = work.path().join("big");
         std::fs::create_dir_all(big.join("sub")).unwrap();
         std::fs::write(big.join("a"), pseudo_random_bytes(1, 3 * 1024 * 1024 + 5)).unwrap();
+        std::fs::write(big.join("a2"), pseudo_random_bytes(2, 2 * 1024 * 1024 + 1)).unwrap();
+        std::fs::write(big.join("a3"), pseudo_random_bytes(3, 1536 * 1024)).unwrap();
         std::fs::write(big.join("sub/b"), b"small").unwrap();
+        std::fs::write(big.join("sub/c"), pseudo_random_bytes(4, 1024 * 1024 + 9)).unwrap();
         std::fs::write(big.join("sub/empty"), b"").unwrap();
         trees.push(big);
         let store = work.path().join("store");
