@@ -126,7 +126,34 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Fewer arenas, and a fixed mmap threshold. Cairn moves data in buffers
+/// of one to a few MiB from many threads at once. By default glibc's
+/// malloc gives each thread its own arena and, once the first such buffer
+/// is freed, raises its mmap threshold to that size, so freed buffers
+/// stay resident in whichever arena freed them (a cold render through a
+/// cache: 145 MiB RSS for 85 MiB of live heap). Two arenas, and buffers
+/// up to 4 MiB (the largest chunk) from the heap where they are reused,
+/// bring that to 100 MiB at the same speed; sending everything above
+/// 1 MiB back to the kernel instead also bounds memory, but the page
+/// faults of mapping fresh buffers cost a fifth of an import's CPU.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    const ARENAS: libc::c_int = 2;
+    const MMAP_ABOVE: libc::c_int = 4 * 1024 * 1024 + 1;
+    // SAFETY: mallopt only sets tuning parameters of the allocator; it is
+    // called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let mut cli = Cli::parse();
     // Service flags given before the subcommand reach it as environment
     // variables, the defaults of its own flags; then parse again.
