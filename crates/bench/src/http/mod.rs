@@ -32,7 +32,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::corpus::{self, Spec, Tree};
-use crate::harness::files::{fresh_dir, remove_path};
+use crate::harness::files::{fresh_dir, remove_path, stdout_matches_file};
 use crate::harness::process::{spawn_announcing, stop_gracefully};
 use crate::harness::report::{self, Align, ToolInfo};
 use crate::harness::summary::{Row, Target, Unit};
@@ -228,12 +228,14 @@ fn nar_job(
     runs: usize,
     log: &Path,
 ) -> Result<HttpJob> {
-    // Same bytes from both, checked once.
+    // Same bytes from both, checked once, streaming: holding a 2 GiB NAR
+    // twice here would make every child forked later start that large
+    // (their peak RSS counts it).
     for url in [cairn_url, nginx_url] {
-        let got = run(Command::new(&t.curl).args(["-sS", "--fail", url]))?;
-        if got.len() as u64 != tree.stats.nar_bytes || got != fs::read(&tree.nar)? {
-            bail!("{url} is not the NAR of {}", tree.root.display());
-        }
+        let mut curl = Command::new(&t.curl);
+        curl.args(["-sS", "--fail", url]);
+        stdout_matches_file(curl, &tree.nar)
+            .with_context(|| format!("{url} is not the NAR of {}", tree.root.display()))?;
     }
     let spec = JobSpec {
         group: GROUP,

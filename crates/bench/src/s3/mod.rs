@@ -175,6 +175,79 @@ struct Details<'a> {
     cluster: &'static str,
 }
 
+/// A job measured against two baselines in one alternating series.
+struct Job<'a> {
+    name: &'static str,
+    subject: &'a str,
+    bytes: u64,
+    files: Option<u64>,
+    cairn_command: &'static str,
+}
+
+/// One baseline of a [`Job`].
+struct Baseline<'a> {
+    /// Its name in the progress line.
+    label: &'static str,
+    /// Its name in the table.
+    name: &'static str,
+    command: &'static str,
+    target: Option<f64>,
+    run: &'a mut dyn FnMut() -> Result<Sample>,
+}
+
+/// Runs Cairn's side and two baselines alternately and records a row
+/// for each baseline (ratio = baseline time / Cairn time).
+fn compare_three(
+    job: Job<'_>,
+    runs: usize,
+    cairn: (&'static str, &mut dyn FnMut() -> Result<Sample>),
+    baselines: [Baseline<'_>; 2],
+    rows: &mut Vec<Row>,
+    jobs: &mut Vec<S3Job>,
+) -> Result<()> {
+    let label = format!("{GROUP} {} {}", job.name, job.subject);
+    let [first, second] = baselines;
+    let mut results = harness::alternate(
+        &label,
+        runs,
+        job.bytes,
+        &mut [
+            (cairn.0, cairn.1),
+            (first.label, &mut *first.run),
+            (second.label, &mut *second.run),
+        ],
+    )?
+    .into_iter();
+    eprintln!();
+    let (Some(ours), Some(a), Some(b)) = (results.next(), results.next(), results.next()) else {
+        bail!("{label}: missing results");
+    };
+    for (measured, baseline) in [(a, &first), (b, &second)] {
+        let ratio = measured.median_wall_s / ours.median_wall_s;
+        let result = JobResult {
+            spec: JobSpec {
+                group: GROUP,
+                job: job.name.into(),
+                subject: job.subject.to_owned(),
+                bytes: job.bytes,
+                cairn_command: job.cairn_command.into(),
+                baseline_command: baseline.command.into(),
+            },
+            cairn: ours.clone(),
+            baseline: measured,
+            ratio,
+        };
+        let target = baseline.target.map(|min| Target::MinRatio { min });
+        rows.push(Row::timed(&result, baseline.name, job.files, target));
+        jobs.push(S3Job {
+            target_met: baseline.target.map(|min| ratio >= min),
+            target_min_ratio: baseline.target,
+            result,
+        });
+    }
+    Ok(())
+}
+
 /// Runs the group.
 pub fn run(args: S3Args) -> Result<Vec<Row>> {
     let this_run = report::Run::start();
@@ -242,62 +315,36 @@ pub fn run(args: S3Args) -> Result<Vec<Row>> {
             remove_path(&data)?;
             Ok(sample)
         };
-        let label = format!("{GROUP} import {}", tree.name);
-        let mut results = harness::alternate(
-            &label,
+        compare_three(
+            Job {
+                name: "import",
+                subject: &tree.name,
+                bytes: tree.stats.file_bytes,
+                files,
+                cairn_command:
+                    "cairn import --store-addr objectstore+s3://cairn?…&prefix=FRESH TREE",
+            },
             runs,
-            tree.stats.file_bytes,
-            &mut [
-                ("cairn into the bucket", &mut cairn_s3),
-                ("rclone copy", &mut rclone_run),
-                ("cairn embedded", &mut embedded),
-            ],
-        )?
-        .into_iter();
-        eprintln!();
-        let (Some(ours), Some(theirs), Some(local)) =
-            (results.next(), results.next(), results.next())
-        else {
-            bail!("{label}: missing results");
-        };
-        for (baseline, name, other, target) in [
-            (
-                theirs,
-                "rclone copy (same bucket)",
-                "rclone copy TREE garage:cairn/FRESH",
-                Some(IMPORT_MIN_RATIO),
-            ),
-            (
-                local,
-                "cairn import, embedded",
-                "cairn import --data-dir FRESH TREE",
-                None,
-            ),
-        ] {
-            let ratio = baseline.median_wall_s / ours.median_wall_s;
-            let result = JobResult {
-                spec: JobSpec {
-                    group: GROUP,
-                    job: "import".into(),
-                    subject: tree.name.clone(),
-                    bytes: tree.stats.file_bytes,
-                    cairn_command:
-                        "cairn import --store-addr objectstore+s3://cairn?…&prefix=FRESH TREE"
-                            .into(),
-                    baseline_command: other.into(),
+            ("cairn into the bucket", &mut cairn_s3),
+            [
+                Baseline {
+                    label: "rclone copy",
+                    name: "rclone copy (same bucket)",
+                    command: "rclone copy TREE garage:cairn/FRESH",
+                    target: Some(IMPORT_MIN_RATIO),
+                    run: &mut rclone_run,
                 },
-                cairn: ours.clone(),
-                baseline,
-                ratio,
-            };
-            let target_row = target.map(|min| Target::MinRatio { min });
-            rows.push(Row::timed(&result, name, files, target_row));
-            jobs.push(S3Job {
-                target_met: target.map(|min| ratio >= min),
-                target_min_ratio: target,
-                result,
-            });
-        }
+                Baseline {
+                    label: "cairn embedded",
+                    name: "cairn import, embedded",
+                    command: "cairn import --data-dir FRESH TREE",
+                    target: None,
+                    run: &mut embedded,
+                },
+            ],
+            &mut rows,
+            &mut jobs,
+        )?;
 
         // 3. requests per MiB, one more import each.
         let before = cluster.requests()?;
@@ -366,60 +413,35 @@ pub fn run(args: S3Args) -> Result<Vec<Row>> {
                 .arg("--checkers=32");
             harness::run_timed(&inv, &log)
         };
-        let label = format!("{GROUP} render {}", tree.name);
-        let mut results = harness::alternate(
-            &label,
+        compare_three(
+            Job {
+                name: "render cold",
+                subject: &tree.name,
+                bytes: tree.stats.nar_bytes,
+                files,
+                cairn_command: "cairn export --store-addr S3 --cache-dir EMPTY PATH",
+            },
             runs,
-            tree.stats.nar_bytes,
-            &mut [
-                ("cold (empty cache)", &mut cold),
-                ("warm (filled cache)", &mut warm),
-                ("rclone download", &mut rclone_download),
-            ],
-        )?
-        .into_iter();
-        eprintln!();
-        let (Some(ours), Some(warm), Some(theirs)) =
-            (results.next(), results.next(), results.next())
-        else {
-            bail!("{label}: missing results");
-        };
-        for (baseline, name, other, target) in [
-            (
-                warm,
-                "render warm (local cache)",
-                "cairn export --store-addr S3 --cache-dir FILLED PATH",
-                Some(RENDER_MIN_RATIO),
-            ),
-            (
-                theirs,
-                "rclone download (32 transfers)",
-                "rclone copy garage:cairn/COPY EMPTY --transfers=32 --checkers=32",
-                None,
-            ),
-        ] {
-            let ratio = baseline.median_wall_s / ours.median_wall_s;
-            let result = JobResult {
-                spec: JobSpec {
-                    group: GROUP,
-                    job: "render cold".into(),
-                    subject: tree.name.clone(),
-                    bytes: tree.stats.nar_bytes,
-                    cairn_command: "cairn export --store-addr S3 --cache-dir EMPTY PATH".into(),
-                    baseline_command: other.into(),
+            ("cold (empty cache)", &mut cold),
+            [
+                Baseline {
+                    label: "warm (filled cache)",
+                    name: "render warm (local cache)",
+                    command: "cairn export --store-addr S3 --cache-dir FILLED PATH",
+                    target: Some(RENDER_MIN_RATIO),
+                    run: &mut warm,
                 },
-                cairn: ours.clone(),
-                baseline,
-                ratio,
-            };
-            let target_row = target.map(|min| Target::MinRatio { min });
-            rows.push(Row::timed(&result, name, files, target_row));
-            jobs.push(S3Job {
-                target_met: target.map(|min| ratio >= min),
-                target_min_ratio: target,
-                result,
-            });
-        }
+                Baseline {
+                    label: "rclone download",
+                    name: "rclone download (32 transfers)",
+                    command: "rclone copy garage:cairn/COPY EMPTY --transfers=32 --checkers=32",
+                    target: None,
+                    run: &mut rclone_download,
+                },
+            ],
+            &mut rows,
+            &mut jobs,
+        )?;
         remove_path(&download)?;
         remove_path(&warm_cache)?;
         remove_path(&cold_cache)?;
