@@ -477,12 +477,11 @@ fn expand(
     futures::stream::iter(futures.into_iter().map(Ok)).boxed()
 }
 
-/// The groups of chunks to fetch for the wanted slice of a chunked blob,
-/// each chunk with its offset in the blob.
-#[allow(clippy::type_complexity)]
-fn chunk_groups(
-    blob: ChunkedBlob,
-) -> Result<(ChunkedHead, Vec<Vec<(u64, ChunkMeta)>>), RenderError> {
+/// Chunks fetched in one backend call, each with its offset in the blob.
+type ChunkGroup = Vec<(u64, ChunkMeta)>;
+
+/// The groups of chunks to fetch for the wanted slice of a chunked blob.
+fn chunk_groups(blob: ChunkedBlob) -> Result<(ChunkedHead, Vec<ChunkGroup>), RenderError> {
     let ChunkedBlob {
         digest,
         size,
@@ -497,7 +496,7 @@ fn chunk_groups(
             got: listed,
         });
     }
-    let mut groups: Vec<Vec<(u64, ChunkMeta)>> = Vec::new();
+    let mut groups: Vec<ChunkGroup> = Vec::new();
     let mut group_bytes = 0;
     let mut offset = 0u64;
     for c in chunks {
