@@ -124,22 +124,22 @@ fn open(addr: &str) -> Result<Option<Opened>, Error> {
     }))
 }
 
+/// An option with two values, `off` (the default, false) and `on` (true).
+fn switch(addr: &str, url: &Url, key: &str, (off, on): (&str, &str)) -> Result<bool, Error> {
+    match url.query_pairs().find(|(k, _)| k == key) {
+        None => Ok(false),
+        Some((_, v)) if v == off => Ok(false),
+        Some((_, v)) if v == on => Ok(true),
+        Some((_, v)) => Err(bad(addr, format!("{key} must be {on} or {off}, not {v:?}"))),
+    }
+}
+
 /// A blob service for an `objectstore+…` address, `None` for another.
 pub fn blob_service_from_addr(addr: &str) -> Result<Option<Arc<dyn BlobService>>, Error> {
     let Some(Opened { store, layout, url }) = open(addr)? else {
         return Ok(None);
     };
-    let zstd = match url.query_pairs().find(|(k, _)| k == "compression") {
-        None => false,
-        Some((_, v)) if v == "zstd" => true,
-        Some((_, v)) if v == "none" => false,
-        Some((_, v)) => {
-            return Err(bad(
-                addr,
-                format!("compression must be zstd or none, not {v:?}"),
-            ))
-        }
-    };
+    let zstd = switch(addr, &url, "compression", ("none", "zstd"))?;
     Ok(Some(Arc::new(ObjectBlobService::new(store, layout, zstd))))
 }
 
@@ -182,17 +182,7 @@ fn s3(addr: &str, url: &Url) -> Result<Arc<dyn ObjectStore>, Error> {
             max_retries: 10,
             retry_timeout: std::time::Duration::from_secs(120),
         });
-    let signed = match url.query_pairs().find(|(k, _)| k == "checksum") {
-        None => false,
-        Some((_, v)) if v == "crc64nvme" => false,
-        Some((_, v)) if v == "sha256" => true,
-        Some((_, v)) => {
-            return Err(bad(
-                addr,
-                format!("checksum must be crc64nvme or sha256, not {v:?}"),
-            ))
-        }
-    };
+    let signed = switch(addr, url, "checksum", ("crc64nvme", "sha256"))?;
     builder = if signed {
         builder.with_unsigned_payload(false)
     } else {
@@ -249,7 +239,7 @@ mod tests {
         let e = blob_error("objectstore+memory://?compression=lz4");
         assert!(e.contains("zstd or none"), "{e}");
         let e = blob_error("objectstore+s3://b?endpoint=http://127.0.0.1:1&checksum=md5");
-        assert!(e.contains("crc64nvme or sha256"), "{e}");
+        assert!(e.contains("sha256 or crc64nvme"), "{e}");
         let e = blob_error("objectstore+file:///tmp/x?checksum=sha256");
         assert!(e.contains("objectstore+s3 only"), "{e}");
     }
