@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 
 use cairn_testkit::{generated_trees, oracle, real_trees, run_ok, spawn_announcing};
 
-fn cairn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    // No data directory of the user's: every test names its own.
-    c.env_remove("CAIRN_DATA_DIR")
-        .env_remove("CAIRN_STORE_ADDR");
-    c
-}
+mod common;
+use common::cairn;
 
 /// A running daemon; killed (SIGKILL) if the test ends without stopping it.
 struct Daemon {

@@ -11,12 +11,8 @@ use std::time::{Duration, Instant};
 
 use cairn_testkit::{oracle, run_ok, spawn_announcing};
 
-fn cairn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    c.env_remove("CAIRN_DATA_DIR")
-        .env_remove("CAIRN_STORE_ADDR");
-    c
-}
+mod common;
+use common::cairn;
 
 fn is_mounted(path: &Path) -> bool {
     fs::read_to_string("/proc/mounts")

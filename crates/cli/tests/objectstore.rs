@@ -11,13 +11,8 @@ use std::process::Command;
 
 use cairn_testkit::{generated_trees, nix_cmd, oracle, pseudo_random_bytes, real_trees, run_ok};
 
-fn cairn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    c.env_remove("CAIRN_DATA_DIR")
-        .env_remove("CAIRN_STORE_ADDR")
-        .env_remove("CAIRN_CACHE_DIR");
-    c
-}
+mod common;
+use common::cairn;
 
 /// `cairn ARGS --store-addr ADDR`.
 fn on(addr: &str, args: &[&str]) -> Command {

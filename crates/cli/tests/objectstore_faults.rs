@@ -12,13 +12,8 @@ use std::time::Duration;
 
 use cairn_testkit::{pseudo_random_bytes, run_ok, s3_bucket, with_fresh_prefix};
 
-fn cairn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    c.env_remove("CAIRN_DATA_DIR")
-        .env_remove("CAIRN_STORE_ADDR")
-        .env_remove("CAIRN_CACHE_DIR");
-    c
-}
+mod common;
+use common::cairn;
 
 /// A tree of `files` files of `size` bytes each (plus a shared part when
 /// `shared` is given), all pseudo-random from `seed`.
