@@ -574,6 +574,36 @@ fn export_to_a_reader_that_stops_early_exits_quietly() {
 }
 
 #[test]
+fn a_store_path_that_cannot_be_printed_is_an_error_not_a_panic() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"printed nowhere\n").unwrap();
+    // Standard output on a full disk: the import itself succeeds, the
+    // line naming its path cannot be written, and a script must see that.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = env
+        .cairn()
+        .arg("import")
+        .arg(&tree)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // The path is stored all the same: printing it again works.
+    let again = env.import(&tree);
+    assert!(again.starts_with("/nix/store/"), "{again}");
+}
+
+#[test]
 fn killed_store_imports_leave_no_path_and_a_sound_store() {
     let env = Env::new();
     let tree = real_trees()

@@ -69,7 +69,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let public_text = key.verifying_key().to_string();
     write_key(&secret, &key.to_secret_string(), 0o600, args.force)?;
     write_key(&public, &public_text, 0o644, args.force)?;
-    println!("{public_text}");
+    super::say(public_text)?;
     Ok(())
 }
 

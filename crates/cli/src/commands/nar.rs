@@ -97,15 +97,11 @@ fn hash(args: HashArgs) -> Result<()> {
     let sink = nar::fs::dump_path(&args.path, sink)
         .with_context(|| format!("cannot hash {}", args.path.display()))?;
     let (hash, _size) = sink.into_inner().map_err(|e| e.into_error())?.finish();
-    println!(
-        "{}",
-        if args.sri {
-            hash.to_sri()
-        } else {
-            hash.to_string()
-        }
-    );
-    Ok(())
+    super::say(if args.sri {
+        hash.to_sri()
+    } else {
+        hash.to_string()
+    })
 }
 
 /// A node of the JSON listing, in Nix's key order.

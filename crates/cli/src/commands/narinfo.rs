@@ -77,9 +77,16 @@ fn verify(args: VerifyArgs) -> Result<()> {
             .collect();
         if good.is_empty() {
             failures += 1;
-            println!("{}: no valid signature from a trusted key", path.display());
+            super::say(format_args!(
+                "{}: no valid signature from a trusted key",
+                path.display()
+            ))?;
         } else {
-            println!("{}: signed by {}", path.display(), good.join(", "));
+            super::say(format_args!(
+                "{}: signed by {}",
+                path.display(),
+                good.join(", ")
+            ))?;
         }
     }
     if failures > 0 {

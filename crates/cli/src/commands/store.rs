@@ -168,7 +168,9 @@ pub fn import(a: ImportArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot add {}", path.display()))?;
             bar.finish();
-            writeln!(out, "{}", info.store_path)?;
+            writeln!(out, "{}", info.store_path)
+                .and_then(|()| out.flush())
+                .context("cannot write to standard output")?;
         }
         Ok(())
     })
@@ -287,7 +289,7 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
             }
         };
         bar.finish();
-        println!("{}", info.store_path);
+        super::say(&info.store_path)?;
         Ok(())
     })
 }

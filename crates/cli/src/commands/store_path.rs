@@ -28,7 +28,7 @@ pub fn run(args: StorePathArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.path.display()))?;
     let (hash, _) = sink.into_inner().map_err(|e| e.into_error())?.finish();
     let path = compute_source_path(&hash.sha256_bytes()?, &References::default(), &name)?;
-    println!("{path}");
+    super::say(path)?;
     Ok(())
 }
 
