@@ -256,7 +256,7 @@ impl ObjectBlobService {
 }
 
 /// How long ago `t` was (zero if in the future: clocks differ).
-fn chrono_age(t: chrono::DateTime<chrono::Utc>) -> Duration {
+pub(crate) fn chrono_age(t: chrono::DateTime<chrono::Utc>) -> Duration {
     (chrono::Utc::now() - t).to_std().unwrap_or_default()
 }
 

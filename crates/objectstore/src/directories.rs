@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{delete, get_opt, storage};
+use crate::blobs::{chrono_age, delete, get_opt, storage};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -122,14 +123,16 @@ impl ObjectDirectoryService {
         Ok(Some(dir))
     }
 
-    /// Every directory key with its digest and size.
-    async fn keys(&self) -> Result<Vec<(Path, B3Digest, u64)>, Error> {
+    /// Every directory key with its digest, size and age (since its
+    /// last put).
+    async fn keys(&self) -> Result<Vec<(Path, B3Digest, u64, Duration)>, Error> {
         let prefix = self.layout.kind(DIRECTORIES);
         self.store
             .list(Some(&prefix))
             .map_err(|e| storage(&prefix, e))
             .try_filter_map(|meta| async move {
-                Ok(Layout::digest_of(&meta.location).map(|d| (meta.location, d, meta.size)))
+                let age = chrono_age(meta.last_modified);
+                Ok(Layout::digest_of(&meta.location).map(|d| (meta.location, d, meta.size, age)))
             })
             .try_collect()
             .await
@@ -188,12 +191,20 @@ impl DirectoryService for ObjectDirectoryService {
     async fn collect_garbage(
         &self,
         live: &HashSet<B3Digest>,
+        grace: Duration,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
+        // Other front ends may be importing into the bucket right now: a
+        // closure they put is unreachable until their PathInfo lands, and
+        // every put rewrites the object, so its age is since the last one.
         let mut report = GcReport::default();
-        for (key, digest, size) in self.keys().await? {
+        for (key, digest, size, age) in self.keys().await? {
             if live.contains(&digest) {
                 report.live += 1;
+                continue;
+            }
+            if age < grace {
+                report.young += 1;
                 continue;
             }
             report.deleted += 1;
@@ -207,7 +218,7 @@ impl DirectoryService for ObjectDirectoryService {
 
     async fn verify_all(&self) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
-        for (_, digest, _) in self.keys().await? {
+        for (_, digest, _, _) in self.keys().await? {
             report.checked += 1;
             match self.fetch(digest).await {
                 Ok(Some(_)) => {}

@@ -408,9 +408,9 @@ pub struct GcSummary {
 }
 
 impl Store {
-    /// Deletes every directory and blob no PathInfo reaches. Blobs written
-    /// or reused less than `grace` ago are kept, so a concurrent import's
-    /// contents survive until its PathInfo lands. With `dry_run`, only
+    /// Deletes every directory and blob no PathInfo reaches. Directories
+    /// and blobs written or reused less than `grace` ago are kept, so a
+    /// concurrent import's contents survive until its PathInfo lands. With `dry_run`, only
     /// reports. Stops without deleting anything if a store path's tree is
     /// incomplete: deciding what is garbage needs every tree whole.
     pub async fn collect_garbage(
@@ -452,7 +452,10 @@ impl Store {
         }
         drop(infos);
         // Directories first: no directory ever refers to a deleted blob.
-        summary.directories = self.dirs.collect_garbage(&live_dirs, dry_run).await?;
+        summary.directories = self
+            .dirs
+            .collect_garbage(&live_dirs, grace, dry_run)
+            .await?;
         summary.blobs = self
             .blobs
             .collect_garbage(&live_blobs, grace, dry_run)

@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 
 use super::{ClosureValidator, DirectoryPutter, DirectoryService};
 use crate::{B3Digest, Directory, Error, SizeRule};
 
-type Map = Arc<RwLock<HashMap<B3Digest, Directory>>>;
+/// Each directory with when it was last put (for the GC's grace period).
+type Map = Arc<RwLock<HashMap<B3Digest, (Directory, Instant)>>>;
 
 /// Directories held in memory.
 #[derive(Clone, Default)]
@@ -39,7 +41,7 @@ impl DirectoryService for MemoryDirectoryService {
             .read()
             .map_err(|_| poisoned())?
             .get(digest)
-            .cloned())
+            .map(|(dir, _)| dir.clone()))
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
@@ -56,13 +58,18 @@ impl DirectoryService for MemoryDirectoryService {
     async fn collect_garbage(
         &self,
         live: &std::collections::HashSet<B3Digest>,
+        grace: std::time::Duration,
         dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         let mut map = self.dirs.write().map_err(|_| poisoned())?;
         let mut report = crate::gc::GcReport::default();
-        map.retain(|digest, dir| {
+        map.retain(|digest, (dir, written)| {
             if live.contains(digest) {
                 report.live += 1;
+                return true;
+            }
+            if written.elapsed() < grace {
+                report.young += 1;
                 return true;
             }
             report.deleted += 1;
@@ -75,7 +82,7 @@ impl DirectoryService for MemoryDirectoryService {
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
         let map = self.dirs.read().map_err(|_| poisoned())?;
         Ok(super::verify_directories(
-            map.iter().map(|(d, dir)| Ok((*d, dir.clone()))),
+            map.iter().map(|(d, (dir, _))| Ok((*d, dir.clone()))),
             self.rule,
         ))
     }
@@ -95,7 +102,8 @@ impl DirectoryPutter for MemoryPutter {
     async fn close(self: Box<Self>) -> Result<B3Digest, Error> {
         let (root, dirs) = self.validator.finish()?;
         let mut map = self.dirs.write().map_err(|_| poisoned())?;
-        map.extend(dirs);
+        let now = Instant::now();
+        map.extend(dirs.into_iter().map(|(d, dir)| (d, (dir, now))));
         Ok(root)
     }
 }

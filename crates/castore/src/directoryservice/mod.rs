@@ -39,10 +39,14 @@ pub trait DirectoryService: Send + Sync {
     fn size_rule(&self) -> SizeRule;
 
     /// Deletes every stored directory not in `live` (which the caller must
-    /// have made closed under "child of"). With `dry_run`, only reports.
+    /// have made closed under "child of") and not written in the last
+    /// `grace`: a closure put by an import whose PathInfo has not landed
+    /// yet is unreachable but must survive. A put of a directory already
+    /// stored counts as writing it again. With `dry_run`, only reports.
     async fn collect_garbage(
         &self,
         _live: &HashSet<B3Digest>,
+        _grace: std::time::Duration,
         _dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         Err(Error::Storage(

@@ -22,6 +22,10 @@ use crate::util::blocking;
 use crate::{B3Digest, Directory, Error, SizeRule};
 
 const DIRECTORIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("directories");
+/// When each directory was last put, in seconds since the Unix epoch: the
+/// GC keeps unreachable directories younger than its grace period. A
+/// directory without a row (stored before this table existed) is old.
+const WRITTEN: TableDefinition<&[u8], u64> = TableDefinition::new("directory-written");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const SIZE_RULE_KEY: &str = "directory-size-rule";
 
@@ -50,6 +54,7 @@ impl RedbDirectoryService {
         let stored = {
             let mut settings = txn.open_table(SETTINGS).map_err(db_err)?;
             txn.open_table(DIRECTORIES).map_err(db_err)?;
+            txn.open_table(WRITTEN).map_err(db_err)?;
             let stored = settings
                 .get(SIZE_RULE_KEY)
                 .map_err(db_err)?
@@ -91,6 +96,13 @@ impl RedbDirectoryService {
         };
         verify(digest, bytes.value()).map(Some)
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Decodes stored bytes and checks they are the directory asked for.
@@ -173,22 +185,29 @@ impl DirectoryService for RedbDirectoryService {
     async fn collect_garbage(
         &self,
         live: &std::collections::HashSet<B3Digest>,
+        grace: std::time::Duration,
         dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         let db = self.db.clone();
         let live = live.clone();
+        // Written at or after this second: too young to collect.
+        let young_from = unix_now().saturating_sub(grace.as_secs());
         blocking(move || {
             // One write transaction: the sweep is all or nothing.
             let txn = db.begin_write().map_err(db_err)?;
             let mut report = crate::gc::GcReport::default();
             {
                 let mut table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+                let mut written = txn.open_table(WRITTEN).map_err(db_err)?;
                 let mut dead: Vec<Vec<u8>> = Vec::new();
                 for row in table.iter().map_err(db_err)? {
                     let (k, v) = row.map_err(db_err)?;
                     let is_live = B3Digest::try_from(k.value()).is_ok_and(|d| live.contains(&d));
+                    let when = written.get(k.value()).map_err(db_err)?.map(|t| t.value());
                     if is_live {
                         report.live += 1;
+                    } else if !grace.is_zero() && when.is_some_and(|t| t >= young_from) {
+                        report.young += 1;
                     } else {
                         report.deleted += 1;
                         report.deleted_bytes += v.value().len() as u64;
@@ -198,6 +217,7 @@ impl DirectoryService for RedbDirectoryService {
                 if !dry_run {
                     for k in &dead {
                         table.remove(k.as_slice()).map_err(db_err)?;
+                        written.remove(k.as_slice()).map_err(db_err)?;
                     }
                 }
             }
@@ -255,13 +275,15 @@ impl DirectoryPutter for RedbPutter {
         let (root, dirs) = self.validator.finish()?;
         let db = self.service.db.clone();
         blocking(move || {
+            let now = unix_now();
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(DIRECTORIES).map_err(db_err)?;
+                let mut written = txn.open_table(WRITTEN).map_err(db_err)?;
                 for (digest, dir) in &dirs {
-                    table
-                        .insert(digest.as_bytes().as_slice(), dir.encode().as_slice())
-                        .map_err(db_err)?;
+                    let key = digest.as_bytes().as_slice();
+                    table.insert(key, dir.encode().as_slice()).map_err(db_err)?;
+                    written.insert(key, now).map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)

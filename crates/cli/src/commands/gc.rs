@@ -16,8 +16,9 @@ pub struct GcArgs {
     /// Delete.
     #[arg(long)]
     yes: bool,
-    /// Keep unreachable blobs written (or reused) less than this many
-    /// minutes ago: they may belong to an import still running elsewhere.
+    /// Keep unreachable blobs and directories written (or reused) less
+    /// than this many minutes ago: they may belong to an import still
+    /// running elsewhere.
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
     grace_minutes: u64,
     #[command(flatten)]
@@ -32,14 +33,20 @@ pub fn run(a: GcArgs) -> Result<()> {
         .block_on(store.collect_garbage(grace, a.dry_run))
         .context("garbage collection failed")?;
     let verb = if a.dry_run { "would delete" } else { "deleted" };
-    println!("store paths: {} (everything they reach is kept)", s.paths);
-    println!(
-        "directories: {} live, {verb} {} ({} bytes)",
-        s.directories.live, s.directories.deleted, s.directories.deleted_bytes
-    );
-    println!(
+    super::say(format_args!(
+        "store paths: {} (everything they reach is kept)",
+        s.paths
+    ))?;
+    super::say(format_args!(
+        "directories: {} live, {} unreachable but younger than {} min (kept), {verb} {} ({} bytes)",
+        s.directories.live,
+        s.directories.young,
+        a.grace_minutes,
+        s.directories.deleted,
+        s.directories.deleted_bytes
+    ))?;
+    super::say(format_args!(
         "blob objects: {} live, {} unreachable but younger than {} min (kept), {verb} {} ({} bytes)",
         s.blobs.live, s.blobs.young, a.grace_minutes, s.blobs.deleted, s.blobs.deleted_bytes
-    );
-    Ok(())
+    ))
 }
