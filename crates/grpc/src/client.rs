@@ -525,6 +525,27 @@ impl BlobWriter for GrpcBlobWriter {
         Ok(())
     }
 
+    /// Pieces of [`BLOB_PIECE`] cut from `data` go out as they are; only
+    /// what fills a partial piece is copied.
+    async fn write_bytes(&mut self, mut data: Bytes) -> Result<(), Error> {
+        self.hasher.update(&data);
+        if !self.pending.is_empty() {
+            let fill = (BLOB_PIECE - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data.split_to(fill));
+            if self.pending.len() < BLOB_PIECE {
+                return Ok(());
+            }
+            let piece = self.pending.split().freeze();
+            self.send(piece).await?;
+        }
+        while data.len() >= BLOB_PIECE {
+            let piece = data.split_to(BLOB_PIECE);
+            self.send(piece).await?;
+        }
+        self.pending.extend_from_slice(&data);
+        Ok(())
+    }
+
     async fn close(mut self: Box<Self>) -> Result<B3Digest, Error> {
         if !self.pending.is_empty() {
             let piece = std::mem::take(&mut self.pending).freeze();

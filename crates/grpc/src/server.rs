@@ -184,7 +184,7 @@ impl blob_service_server::BlobService for BlobHandler {
         // A stream that ends in an error drops the writer unclosed: the
         // partial blob never becomes visible.
         while let Some(piece) = pieces.message().await? {
-            writer.write(&piece.data).await.map_err(status_of)?;
+            writer.write_bytes(piece.data).await.map_err(status_of)?;
         }
         let digest = writer.close().await.map_err(status_of)?;
         Ok(Response::new(cproto::PutBlobResponse {
@@ -432,6 +432,14 @@ fn digest_list(req: Digests) -> Result<Vec<B3Digest>, Status> {
     req.digests.iter().map(|d| digest_arg(d, "a")).collect()
 }
 
+/// The digests a spawned `put_many` stored.
+async fn stored(
+    task: tokio::task::JoinHandle<Result<Vec<B3Digest>, Status>>,
+) -> Result<Vec<B3Digest>, Status> {
+    task.await
+        .map_err(|e| Status::internal(format!("storing a batch failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl batch_service_server::BatchService for BatchHandler {
     async fn put_blobs(
@@ -442,6 +450,9 @@ impl batch_service_server::BatchService for BatchHandler {
         let mut digests = Vec::new();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batch_bytes = 0;
+        // One batch is stored while the next one arrives. A call that
+        // fails half-way leaves whole blobs stored, never partial ones.
+        let mut storing: Option<tokio::task::JoinHandle<Result<Vec<B3Digest>, Status>>> = None;
         loop {
             let next = incoming.message().await?;
             let flush = match &next {
@@ -449,13 +460,20 @@ impl batch_service_server::BatchService for BatchHandler {
                 Some(_) => batch.len() >= PUT_BATCH_BLOBS || batch_bytes >= PUT_BATCH_BYTES,
             };
             if flush {
-                let stored = self
-                    .blobs
-                    .put_many(std::mem::take(&mut batch))
-                    .await
-                    .map_err(status_of)?;
-                digests.extend(stored.into_iter().map(Bytes::from));
+                if let Some(previous) = storing.take() {
+                    digests.extend(stored(previous).await?.into_iter().map(Bytes::from));
+                }
+                let blobs = self.blobs.clone();
+                let full = std::mem::take(&mut batch);
+                storing = Some(tokio::spawn(async move {
+                    blobs.put_many(full).await.map_err(status_of)
+                }));
                 batch_bytes = 0;
+            }
+            if next.is_none() {
+                if let Some(last) = storing.take() {
+                    digests.extend(stored(last).await?.into_iter().map(Bytes::from));
+                }
             }
             let Some(blob) = next else { break };
             if blob.absent {

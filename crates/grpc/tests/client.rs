@@ -70,6 +70,29 @@ async fn a_chunked_blob_streams_and_seeks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_and_borrowed_writes_mix_at_any_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = daemon(dir.path()).await;
+    let blobs = cairn_grpc::addr::blob_service_from_addr(&server.addr()).unwrap();
+    let data = bytes::Bytes::from(pseudo_random_bytes(9, 4 * 1024 * 1024 + 333));
+    // Owned pieces that start mid-piece, cover several pieces at once, and
+    // end mid-piece, between borrowed ones.
+    let cuts = [0, 1000, 1_500_000, 1_500_001, 3_700_000, data.len()];
+    let mut w = blobs.open_write().await;
+    for (i, pair) in cuts.windows(2).enumerate() {
+        let piece = data.slice(pair[0]..pair[1]);
+        if i % 2 == 0 {
+            w.write(&piece).await.unwrap();
+        } else {
+            w.write_bytes(piece).await.unwrap();
+        }
+    }
+    let digest = w.close().await.unwrap();
+    assert_eq!(digest, B3Digest::of(&data));
+    assert!(read_to_vec(blobs.as_ref(), &digest).await.unwrap().unwrap() == data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_unchunked_blob_is_verified_in_a_temporary_file() {
     // memory:// stores blobs whole: the daemon lists no chunks, so the
     // client must read all 20 MiB before returning any, without holding

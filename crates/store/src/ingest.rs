@@ -303,8 +303,8 @@ async fn store_large<R: tokio::io::AsyncBufRead + Unpin>(
         let mut writer = task_blobs.open_write().await;
         let mut received = 0u64;
         while let Some((piece, permit)) = rx.recv().await {
-            writer.write(&piece).await?;
             received += piece.len() as u64;
+            writer.write_bytes(piece).await?;
             drop(permit);
         }
         if received != size {

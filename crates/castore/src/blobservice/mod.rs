@@ -83,6 +83,12 @@ impl<T: AsyncRead + AsyncSeek + Send + Unpin> BlobReader for T {}
 pub trait BlobWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+    /// Appends bytes the caller gives up. A writer that passes them on as
+    /// they are (an upload over the network) takes them without a copy;
+    /// the default copies, as [`write`](Self::write) does.
+    async fn write_bytes(&mut self, data: Bytes) -> Result<(), Error> {
+        self.write(&data).await
+    }
     /// Finishes the blob and returns its digest. Only after this returns is
     /// the blob visible to `has` and `open_read`.
     async fn close(self: Box<Self>) -> Result<B3Digest, Error>;
