@@ -9,7 +9,7 @@
 
 use std::io::{self, Read};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
@@ -94,12 +94,15 @@ pub fn read_on_thread<R: Read + Send + 'static>(mut source: R) -> impl AsyncRead
 /// Pieces smaller than this are gathered before being written.
 const GATHER: usize = 256 * 1024;
 
-/// A [`NarSink`] that hands pieces (no copy) to a thread writing them to
-/// a `std::io::Write` (stdout, a file): small pieces are gathered into
-/// larger writes, large ones written as they are.
+/// A [`NarSink`] that hands pieces to a thread writing them to a
+/// `std::io::Write` (stdout, a file). Small pieces (a NAR has several per
+/// file: framing, contents, padding) are gathered here, before the
+/// channel, so the thread wakes once per [`GATHER`] bytes rather than
+/// once per piece; large pieces cross as they are, without a copy.
 pub struct ThreadWriterSink {
     tx: Option<mpsc::Sender<Bytes>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    gathered: BytesMut,
 }
 
 impl ThreadWriterSink {
@@ -109,33 +112,24 @@ impl ThreadWriterSink {
         let thread = std::thread::Builder::new()
             .name("nar-writer".into())
             .spawn(move || {
-                let mut gathered: Vec<u8> = Vec::with_capacity(GATHER);
                 while let Some(piece) = rx.blocking_recv() {
-                    if piece.len() >= GATHER {
-                        if !gathered.is_empty() {
-                            out.write_all(&gathered)?;
-                            gathered.clear();
-                        }
-                        out.write_all(&piece)?;
-                    } else {
-                        gathered.extend_from_slice(&piece);
-                        if gathered.len() >= GATHER {
-                            out.write_all(&gathered)?;
-                            gathered.clear();
-                        }
-                    }
+                    out.write_all(&piece)?;
                 }
-                out.write_all(&gathered)?;
                 out.flush()
             })?;
         Ok(ThreadWriterSink {
             tx: Some(tx),
             thread: Some(thread),
+            gathered: BytesMut::new(),
         })
     }
 
     /// Waits for everything to be written; the writer's error, if any.
     pub async fn finish(mut self) -> io::Result<()> {
+        if !self.gathered.is_empty() {
+            let rest = self.gathered.split().freeze();
+            self.send(rest).await?;
+        }
         self.tx = None;
         self.join().await
     }
@@ -149,11 +143,8 @@ impl ThreadWriterSink {
             .map_err(io::Error::other)?
             .map_err(|_| io::Error::other("NAR writer thread panicked"))?
     }
-}
 
-#[async_trait::async_trait]
-impl NarSink for ThreadWriterSink {
-    async fn piece(&mut self, piece: Bytes) -> Result<(), RenderError> {
+    async fn send(&mut self, piece: Bytes) -> io::Result<()> {
         let sent = match &self.tx {
             Some(tx) => tx.send(piece).await.is_ok(),
             None => false,
@@ -163,9 +154,32 @@ impl NarSink for ThreadWriterSink {
         }
         // The writer stopped: its error says why.
         self.tx = None;
-        Err(RenderError::Output(match self.join().await {
+        Err(match self.join().await {
             Err(e) => e,
             Ok(()) => io::Error::other("NAR writer stopped"),
-        }))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl NarSink for ThreadWriterSink {
+    async fn piece(&mut self, piece: Bytes) -> Result<(), RenderError> {
+        if piece.len() >= GATHER {
+            if !self.gathered.is_empty() {
+                let before = self.gathered.split().freeze();
+                self.send(before).await.map_err(RenderError::Output)?;
+            }
+            return self.send(piece).await.map_err(RenderError::Output);
+        }
+        if self.gathered.is_empty() {
+            // The last buffer went to the thread: a fresh one.
+            self.gathered.reserve(GATHER);
+        }
+        self.gathered.extend_from_slice(&piece);
+        if self.gathered.len() >= GATHER {
+            let full = self.gathered.split().freeze();
+            self.send(full).await.map_err(RenderError::Output)?;
+        }
+        Ok(())
     }
 }
