@@ -212,7 +212,7 @@ impl StoreFs {
             .filter(|info| info.store_path == path)
             .ok_or_else(|| errno(libc::ENOENT))?;
         let mut inodes = self.inodes.write().map_err(|e| eio("inode table", e))?;
-        let ino = inodes.child(ROOT, name, &info.node);
+        let ino = inodes.looked_up(ROOT, name, &info.node);
         Ok(self.entry(ino, &Kind::Node(info.node)))
     }
 
@@ -355,8 +355,22 @@ impl FileSystem for StoreFs {
             .inodes
             .write()
             .map_err(|e| eio("inode table", e))?
-            .child(parent, name, &node);
+            .looked_up(parent, name, &node);
         Ok(self.entry(ino, &Kind::Node(node)))
+    }
+
+    fn forget(&self, _ctx: &Context, ino: u64, count: u64) {
+        if let Ok(mut inodes) = self.inodes.write() {
+            inodes.forget(ino, count);
+        }
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        if let Ok(mut inodes) = self.inodes.write() {
+            for (ino, count) in requests {
+                inodes.forget(ino, count);
+            }
+        }
     }
 
     fn getattr(
@@ -437,6 +451,9 @@ impl FileSystem for StoreFs {
         st.f_frsize = 4096;
         st.f_namemax = 255;
         st.f_flag = libc::ST_RDONLY;
+        // The inodes the mount holds now (what the kernel holds, and the
+        // entries of listings it holds): `stat -f` shows the table's size.
+        st.f_files = self.inodes.read().map_err(|e| eio("inode table", e))?.len() as u64;
         Ok(st)
     }
 

@@ -315,6 +315,68 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()))
 }
 
+/// The inodes the mount says it holds (`stat -f`'s total file nodes).
+fn inodes_held(mountpoint: &Path) -> u64 {
+    let out = run_ok(
+        Command::new("stat")
+            .args(["-f", "-c", "%c"])
+            .arg(mountpoint),
+    );
+    String::from_utf8(out).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn the_mount_lets_go_of_inodes_the_kernel_forgets() {
+    let Some(f) = Fixture::new() else { return };
+    let store = f.store();
+    let tree = f.dir("wide");
+    for d in 0..20 {
+        let sub = tree.join(format!("d{d}"));
+        fs::create_dir_all(&sub).unwrap();
+        for i in 0..25 {
+            fs::write(sub.join(format!("f{i}")), format!("{d}/{i}")).unwrap();
+        }
+    }
+    let info = import(&f.rt, &store, &tree);
+    let _mounted = f.mount(store, false);
+    let mounted = f.at(&info);
+    assert_eq!(find_count(&mounted), 521);
+    let walked = inodes_held(&f.mountpoint);
+    assert!(walked > 521, "after find the mount holds {walked} inodes");
+
+    // Make the kernel drop every unused dentry and inode: it forgets them.
+    if fs::write("/proc/sys/vm/drop_caches", "2").is_err() {
+        assert!(
+            !cairn_testkit::oracles_required(),
+            "cannot write /proc/sys/vm/drop_caches (needs root) but CAIRN_REQUIRE_ORACLES=1"
+        );
+        eprintln!("SKIP (rest): cannot drop the kernel's caches without root");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = inodes_held(&f.mountpoint);
+    while held > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        held = inodes_held(&f.mountpoint);
+    }
+    assert_eq!(
+        held, 1,
+        "only the root is left after the kernel forgot the rest"
+    );
+    // Forgotten paths are found again, with the same contents.
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&tree)
+        .arg(&mounted)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+}
+
 #[test]
 fn parallel_readers_see_no_errors() {
     let Some(f) = Fixture::new() else { return };
