@@ -411,38 +411,55 @@ impl BlobService for ObjectBlobService {
     ) -> Result<GcReport, Error> {
         let lists = self.objects(LISTS).await?;
         let chunks = self.objects(CHUNKS).await?;
-        // Live chunks: live blobs of one chunk, and the chunks of live lists.
+        // Live chunks: live blobs of one chunk, and the chunks of live
+        // lists (fetched as reads are: many at once, not one by one).
         let mut live_chunks: HashSet<B3Digest> = live.clone();
-        for (_, digest, _, _) in lists.iter().filter(|(_, d, _, _)| live.contains(d)) {
-            if let Some(list) = self.list(digest).await? {
-                live_chunks.extend(list.iter().map(|c| c.digest));
-            }
+        let wanted: Vec<B3Digest> = lists
+            .iter()
+            .filter(|(_, d, _, _)| live.contains(d))
+            .map(|(_, d, _, _)| *d)
+            .collect();
+        let mut live_lists = futures::stream::iter(wanted)
+            .map(|d| {
+                let this = self.clone();
+                async move { this.list(&d).await }
+            })
+            .buffer_unordered(READS_IN_FLIGHT);
+        while let Some(list) = live_lists.try_next().await? {
+            live_chunks.extend(list.iter().flatten().map(|c| c.digest));
         }
+        drop(live_lists);
         let mut report = GcReport::default();
-        let mut doomed = Vec::new();
-        let judged = lists
-            .into_iter()
-            .map(|(key, d, size, age)| (key, live.contains(&d), size, age))
-            .chain(
-                chunks
-                    .into_iter()
-                    .map(|(key, d, size, age)| (key, live_chunks.contains(&d), size, age)),
-            );
-        for (key, is_live, size, age) in judged {
-            if is_live {
-                report.live += 1;
-            } else if age < grace {
-                report.young += 1;
-            } else {
-                report.deleted += 1;
-                report.deleted_bytes += size;
-                doomed.push(key);
+        let mut judge = |objects: Vec<(Path, B3Digest, u64, Duration)>,
+                         is_live: &dyn Fn(&B3Digest) -> bool| {
+            let mut doomed = Vec::new();
+            for (key, digest, size, age) in objects {
+                if is_live(&digest) {
+                    report.live += 1;
+                } else if age < grace {
+                    report.young += 1;
+                } else {
+                    report.deleted += 1;
+                    report.deleted_bytes += size;
+                    doomed.push(key);
+                }
             }
-        }
+            doomed
+        };
+        let doomed_lists = judge(lists, &|d| live.contains(d));
+        let doomed_chunks = judge(chunks, &|d| live_chunks.contains(d));
         if !dry_run {
-            // Lists first: a blob disappears before any of its chunks.
-            for key in doomed {
-                delete(self.store.as_ref(), &key).await?;
+            // Lists first, all of them: a blob disappears before any of
+            // its chunks. Within each kind, many deletes at once.
+            for keys in [doomed_lists, doomed_chunks] {
+                futures::stream::iter(keys)
+                    .map(|key| {
+                        let store = self.store.clone();
+                        async move { delete(store.as_ref(), &key).await }
+                    })
+                    .buffer_unordered(READS_IN_FLIGHT)
+                    .try_collect::<Vec<()>>()
+                    .await?;
             }
         }
         Ok(report)

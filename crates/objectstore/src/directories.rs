@@ -198,6 +198,7 @@ impl DirectoryService for ObjectDirectoryService {
         // closure they put is unreachable until their PathInfo lands, and
         // every put rewrites the object, so its age is since the last one.
         let mut report = GcReport::default();
+        let mut doomed = Vec::new();
         for (key, digest, size, age) in self.keys().await? {
             if live.contains(&digest) {
                 report.live += 1;
@@ -209,9 +210,18 @@ impl DirectoryService for ObjectDirectoryService {
             }
             report.deleted += 1;
             report.deleted_bytes += size;
-            if !dry_run {
-                delete(self.store.as_ref(), &key).await?;
-            }
+            doomed.push(key);
+        }
+        if !dry_run {
+            // In any order: no live directory refers to a doomed one.
+            futures::stream::iter(doomed)
+                .map(|key| {
+                    let store = self.store.clone();
+                    async move { delete(store.as_ref(), &key).await }
+                })
+                .buffer_unordered(WINDOW)
+                .try_collect::<Vec<()>>()
+                .await?;
         }
         Ok(report)
     }
