@@ -92,6 +92,24 @@ pub(crate) async fn delete(store: &dyn ObjectStore, key: &Path) -> Result<(), Er
     }
 }
 
+/// Deletes the objects at `keys`, `window` requests at a time, in no
+/// particular order; the first failure stops it.
+pub(crate) async fn delete_all(
+    store: &Arc<dyn ObjectStore>,
+    keys: Vec<Path>,
+    window: usize,
+) -> Result<(), Error> {
+    futures::stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move { delete(store.as_ref(), &key).await }
+        })
+        .buffer_unordered(window)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
+}
+
 /// Whether an object exists at `key`.
 pub(crate) async fn exists(store: &dyn ObjectStore, key: &Path) -> Result<bool, Error> {
     match store.head(key).await {
@@ -451,16 +469,8 @@ impl BlobService for ObjectBlobService {
         if !dry_run {
             // Lists first, all of them: a blob disappears before any of
             // its chunks. Within each kind, many deletes at once.
-            for keys in [doomed_lists, doomed_chunks] {
-                futures::stream::iter(keys)
-                    .map(|key| {
-                        let store = self.store.clone();
-                        async move { delete(store.as_ref(), &key).await }
-                    })
-                    .buffer_unordered(READS_IN_FLIGHT)
-                    .try_collect::<Vec<()>>()
-                    .await?;
-            }
+            delete_all(&self.store, doomed_lists, READS_IN_FLIGHT).await?;
+            delete_all(&self.store, doomed_chunks, READS_IN_FLIGHT).await?;
         }
         Ok(report)
     }

@@ -24,7 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{chrono_age, delete, get_opt, storage};
+use crate::blobs::{chrono_age, delete_all, get_opt, storage};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -214,14 +214,7 @@ impl DirectoryService for ObjectDirectoryService {
         }
         if !dry_run {
             // In any order: no live directory refers to a doomed one.
-            futures::stream::iter(doomed)
-                .map(|key| {
-                    let store = self.store.clone();
-                    async move { delete(store.as_ref(), &key).await }
-                })
-                .buffer_unordered(WINDOW)
-                .try_collect::<Vec<()>>()
-                .await?;
+            delete_all(&self.store, doomed, WINDOW).await?;
         }
         Ok(report)
     }
