@@ -12,8 +12,8 @@
 //! Options: `?dialect=snix` speaks the `snix.*` package names instead of
 //! `tvix.*`; directory addresses take `?size-rule=tvix-compat` (the rule
 //! the daemon's store uses, which the client checks closures with). The
-//! inner addresses of `layered://` are percent-encoded where they hold
-//! `&` or `=` of their own.
+//! inner addresses of `layered://` are written as they are (a `+` stays a
+//! `+`), except that a `&` of their own is percent-encoded (`%26`).
 
 use std::sync::Arc;
 
@@ -78,10 +78,17 @@ pub fn layers(addr: &str) -> Result<Option<(String, String)>, Error> {
         return Ok(None);
     }
     check_options(addr, &url, &["local", "remote"])?;
+    // A literal `+` is kept, not read as a space as HTML forms would:
+    // inner addresses are full of them (`grpc+http://`, `objectstore+s3://`).
+    let query = url.query().unwrap_or_default().replace('+', "%2B");
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
     let get = |key: &str| {
-        url.query_pairs()
+        pairs
+            .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| v.clone())
             .ok_or_else(|| bad(addr, format!("layered:// needs {key}=ADDR")))
     };
     Ok(Some((get("local")?, get("remote")?)))
@@ -185,5 +192,28 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("dialect must be"), "{err}");
+    }
+
+    #[test]
+    fn layered_addresses_take_inner_addresses_as_written() {
+        let (local, remote) =
+            layers("layered://?local=objects:///var/cache/blobs&remote=grpc+http://127.0.0.1:8000")
+                .unwrap()
+                .unwrap();
+        assert_eq!(local, "objects:///var/cache/blobs");
+        assert_eq!(remote, "grpc+http://127.0.0.1:8000");
+        // Percent-encoded, as before; an inner `&` has to be.
+        let (local, remote) = layers(
+            "layered://?local=objects:///c%3Fcompression%3Dzstd%26x%3Dy&remote=grpc%2Bunix:///run/c.sock",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(local, "objects:///c?compression=zstd&x=y");
+        assert_eq!(remote, "grpc+unix:///run/c.sock");
+        assert!(layers("objects:///x").unwrap().is_none());
+        let err = layers("layered://?local=memory://")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs remote=ADDR"), "{err}");
     }
 }
