@@ -91,8 +91,9 @@ enum Command {
     Mount(commands::mount::MountArgs),
     /// Serve the same lazy filesystem to a virtual machine, as a vhost-user virtio-fs device.
     ///
-    /// Creates SOCKET and waits for the VMM to connect; serves until it
-    /// disconnects. The guest mounts it with `mount -t virtiofs TAG DIR`.
+    /// Creates SOCKET and waits for the VMM to connect; stops on SIGTERM or
+    /// SIGINT (a VMM that disconnects does not end it). The guest mounts it
+    /// with `mount -t virtiofs TAG DIR`.
     Virtiofs(commands::virtiofs::VirtiofsArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]
@@ -119,9 +120,12 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a terminal: a log file or journal gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }

@@ -82,3 +82,55 @@ fn a_mount_point_that_cannot_be_used_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot mount at"), "{err}");
 }
+
+#[test]
+fn a_mount_unmounted_from_outside_ends_quietly() {
+    if oracle("fusermount3").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("f"), b"x").unwrap();
+    run_ok(
+        cairn()
+            .arg("import")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(&tree),
+    );
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("stderr");
+    let mut child = cairn()
+        .arg("mount")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "cairn mount never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cairn mount did not end after fusermount3 -u"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    // One line saying what happened, no warnings from every thread.
+    assert!(stderr.contains("was unmounted"), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+}

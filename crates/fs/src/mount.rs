@@ -94,6 +94,9 @@ pub fn mount(
         mountpoint: mountpoint.to_owned(),
         reason,
     };
+    // As the mount table will name it (resolved now: once mounted, resolving
+    // it would ask this filesystem).
+    let resolved = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
     let mut session =
         FuseSession::new(mountpoint, "cairn", "cairn", true).map_err(|e| failed(e.to_string()))?;
     session.set_allow_other(options.allow_other);
@@ -117,6 +120,7 @@ pub fn mount(
         let server = server.clone();
         let gone = gone.clone();
         let stopping = stopping.clone();
+        let resolved = resolved.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cairn-fuse-{i}"))
             .spawn(move || {
@@ -132,8 +136,16 @@ pub fn mount(
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            if !stopping.load(Ordering::Relaxed) {
-                                tracing::warn!(error = %e, "FUSE channel failed");
+                            // Every thread sees the end; one line says why.
+                            if !stopping.swap(true, Ordering::Relaxed) {
+                                if is_mounted(&resolved) {
+                                    tracing::warn!(error = %e, "FUSE channel failed");
+                                } else {
+                                    tracing::debug!(
+                                        mountpoint = %resolved.display(),
+                                        "unmounted from outside (fusermount3 -u)"
+                                    );
+                                }
                             }
                             break;
                         }
@@ -162,6 +174,46 @@ pub fn mount(
         gone,
         stopping,
     })
+}
+
+/// Whether a filesystem is mounted at `mountpoint` (per this process's
+/// mount table; unreadable counts as mounted, so a failure is reported).
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    let wanted = mountpoint.to_string_lossy();
+    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    table.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|at| unescape_mountinfo(at) == wanted)
+    })
+}
+
+/// Undoes mountinfo's `\NNN` octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Sets the read-ahead of the mount at `mountpoint` through sysfs (FUSE
