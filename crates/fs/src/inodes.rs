@@ -5,11 +5,17 @@
 //! reused.
 //!
 //! The table holds what the kernel holds, not every path ever visited: a
-//! `lookup` reply counts one reference, `forget` gives references back,
-//! and an inode nobody holds goes (with its cached listing and the
-//! children its listing named), so a mount that walks a large store for
-//! days does not grow without bound. A path looked up again after that
-//! gets a new number; no one can have kept the old one.
+//! `lookup` reply counts one reference and `forget` gives references
+//! back. When the kernel forgets a directory it drops that directory's
+//! cached listing too, so the entries the listing named (and what lies
+//! below them) go, and so does the directory's own cached listing here.
+//! A forgotten inode keeps its number while its parent's listing may
+//! still be cached by the kernel (`ls -i` and `stat` must agree), and
+//! goes with its parent. The root's listing is never cached (it is empty,
+//! or taken afresh with `--list-root`), so store paths go when forgotten.
+//! A mount that walks a large store for days thus does not grow without
+//! bound; a path looked up after it went gets a new number, which no one
+//! can have seen.
 //!
 //! Directories are not shared between paths even when their contents are
 //! (Linux will not let one directory inode have two parents); that also
@@ -119,25 +125,45 @@ impl Inodes {
         ino
     }
 
-    /// The kernel gives back `count` references to `ino`. What nobody
-    /// holds any more goes: the inode with the unheld part of what lies
-    /// below it, then each ancestor left unheld.
+    /// The kernel gives back `count` references to `ino`. Once it holds
+    /// none, what only `ino`'s listing named goes, and `ino` itself (then
+    /// each ancestor in the same position) once no cached listing can
+    /// name it.
     pub(crate) fn forget(&mut self, ino: u64, count: u64) {
-        match self.table.get_mut(&ino) {
-            Some(i) => i.lookups = i.lookups.saturating_sub(count),
+        if ino == ROOT {
+            return;
+        }
+        let children: Vec<u64> = match self.table.get_mut(&ino) {
+            Some(i) => {
+                i.lookups = i.lookups.saturating_sub(count);
+                if i.lookups > 0 {
+                    return;
+                }
+                i.listing = None;
+                i.children.iter().copied().collect()
+            }
             None => return,
+        };
+        for child in children {
+            self.sweep(child);
         }
         let mut at = ino;
         while at != ROOT {
-            let Some(parent) = self.table.get(&at).map(|i| i.parent) else {
+            let Some(node) = self.table.get(&at) else {
                 return;
             };
-            self.sweep(at);
-            let gone = !self.table.contains_key(&at);
-            let parent_unheld = self.table.get(&parent).is_some_and(|p| p.lookups == 0);
-            if !(gone && parent_unheld) {
+            if node.lookups > 0 || !node.children.is_empty() {
                 return;
             }
+            // Its number is in the parent's listing while the kernel may
+            // cache that: the root's is never cached, a forgotten
+            // parent's is gone with it.
+            let parent = node.parent;
+            let named = parent != ROOT && self.table.get(&parent).is_some_and(|p| p.lookups > 0);
+            if named {
+                return;
+            }
+            self.remove(at);
             at = parent;
         }
     }
@@ -195,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn an_inode_lives_while_the_kernel_holds_it() {
+    fn an_inode_keeps_its_number_while_a_cached_listing_may_show_it() {
         let mut t = Inodes::new();
         let p = t.looked_up(ROOT, b"path", &dir());
         let f = t.looked_up(p, b"file", &file());
@@ -207,9 +233,13 @@ mod tests {
         t.forget(f, 1);
         assert!(t.get(f).is_some(), "one reference is still held");
         t.forget(f, 1);
-        assert!(t.get(f).is_none());
-        assert!(t.get(p).is_some(), "the parent is still held");
-        let again = t.looked_up(p, b"file", &file());
+        // Forgotten, but `p` is held and its cached listing names `f`.
+        assert!(t.get(f).is_some());
+        assert_eq!(t.looked_up(p, b"file", &file()), f, "ls -i and stat agree");
+        t.forget(f, 1);
+        t.forget(p, 1);
+        assert_eq!(t.len(), 1, "only the root is left");
+        let again = t.looked_up(ROOT, b"path", &dir());
         assert!(again > f, "numbers are never reused");
     }
 

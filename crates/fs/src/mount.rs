@@ -176,18 +176,22 @@ pub fn mount(
     })
 }
 
-/// Whether a filesystem is mounted at `mountpoint` (per this process's
-/// mount table; unreadable counts as mounted, so a failure is reported).
+/// Whether a FUSE filesystem is mounted at `mountpoint` (per this
+/// process's mount table; unreadable counts as mounted, so a failure is
+/// reported).
 fn is_mounted(mountpoint: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return true;
     };
     let wanted = mountpoint.to_string_lossy();
-    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    // Field 5 is the mount point (spaces and the like octal-escaped); the
+    // type follows the " - " separator (ours: fuse.cairn).
     table.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .is_some_and(|at| unescape_mountinfo(at) == wanted)
+        let at = line.split(' ').nth(4).map(unescape_mountinfo);
+        let fstype = line
+            .split_once(" - ")
+            .and_then(|(_, rest)| rest.split(' ').next());
+        at.as_deref() == Some(&*wanted) && fstype.is_some_and(|t| t.starts_with("fuse"))
     })
 }
 
@@ -258,5 +262,18 @@ impl Drop for Mounted {
                 tracing::warn!(error = %e, "unmounting on drop");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b\\134c"), "/tmp/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        // Not an escape: kept as it is.
+        assert_eq!(unescape_mountinfo("/x\\9"), "/x\\9");
     }
 }

@@ -314,6 +314,9 @@ impl StoreFs {
     }
 }
 
+/// Free inodes `statfs` reports: the table has no limit.
+const INODES_FREE: u64 = 1 << 32;
+
 fn dirent_type(node: &Node) -> u32 {
     u32::from(match node {
         Node::Directory { .. } => libc::DT_DIR,
@@ -451,9 +454,13 @@ impl FileSystem for StoreFs {
         st.f_frsize = 4096;
         st.f_namemax = 255;
         st.f_flag = libc::ST_RDONLY;
-        // The inodes the mount holds now (what the kernel holds, and the
-        // entries of listings it holds): `stat -f` shows the table's size.
-        st.f_files = self.inodes.read().map_err(|e| eio("inode table", e))?.len() as u64;
+        // Inodes in use: the table's size (what the kernel holds and what
+        // its cached listings name; `df -i` shows it). There is no limit:
+        // plenty are free, so monitoring does not see a full filesystem.
+        let used = self.inodes.read().map_err(|e| eio("inode table", e))?.len() as u64;
+        st.f_ffree = INODES_FREE;
+        st.f_favail = INODES_FREE;
+        st.f_files = used + INODES_FREE;
         Ok(st)
     }
 

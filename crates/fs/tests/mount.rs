@@ -315,14 +315,17 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()))
 }
 
-/// The inodes the mount says it holds (`stat -f`'s total file nodes).
+/// The inodes the mount says are in use (`stat -f`: total minus free,
+/// what `df -i` shows as used).
 fn inodes_held(mountpoint: &Path) -> u64 {
     let out = run_ok(
         Command::new("stat")
-            .args(["-f", "-c", "%c"])
+            .args(["-f", "-c", "%c %d"])
             .arg(mountpoint),
     );
-    String::from_utf8(out).unwrap().trim().parse().unwrap()
+    let out = String::from_utf8(out).unwrap();
+    let (total, free) = out.trim().split_once(' ').unwrap();
+    total.parse::<u64>().unwrap() - free.parse::<u64>().unwrap()
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! `tvix.*`; directory addresses take `?size-rule=tvix-compat` (the rule
 //! the daemon's store uses, which the client checks closures with). The
 //! inner addresses of `layered://` are written as they are (a `+` stays a
-//! `+`), except that a `&` of their own is percent-encoded (`%26`).
+//! `+`), except that their own `&` and `%` are percent-encoded (`%26`,
+//! `%25`): the outer query is percent-decoded once.
 
 use std::sync::Arc;
 

@@ -432,12 +432,24 @@ fn digest_list(req: Digests) -> Result<Vec<B3Digest>, Status> {
     req.digests.iter().map(|d| digest_arg(d, "a")).collect()
 }
 
-/// The digests a spawned `put_many` stored.
-async fn stored(
-    task: tokio::task::JoinHandle<Result<Vec<B3Digest>, Status>>,
-) -> Result<Vec<B3Digest>, Status> {
-    task.await
-        .map_err(|e| Status::internal(format!("storing a batch failed: {e}")))?
+/// A batch being stored on a task of its own; aborted if the call ends
+/// (an error, a client that went away) before it is waited for, as the
+/// call's own work would be.
+struct Storing(tokio::task::JoinHandle<Result<Vec<B3Digest>, Status>>);
+
+impl Storing {
+    /// The digests the batch was stored under.
+    async fn digests(mut self) -> Result<Vec<B3Digest>, Status> {
+        (&mut self.0)
+            .await
+            .map_err(|e| Status::internal(format!("storing a batch failed: {e}")))?
+    }
+}
+
+impl Drop for Storing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[tonic::async_trait]
@@ -452,7 +464,7 @@ impl batch_service_server::BatchService for BatchHandler {
         let mut batch_bytes = 0;
         // One batch is stored while the next one arrives. A call that
         // fails half-way leaves whole blobs stored, never partial ones.
-        let mut storing: Option<tokio::task::JoinHandle<Result<Vec<B3Digest>, Status>>> = None;
+        let mut storing: Option<Storing> = None;
         loop {
             let next = incoming.message().await?;
             let flush = match &next {
@@ -461,18 +473,18 @@ impl batch_service_server::BatchService for BatchHandler {
             };
             if flush {
                 if let Some(previous) = storing.take() {
-                    digests.extend(stored(previous).await?.into_iter().map(Bytes::from));
+                    digests.extend(previous.digests().await?.into_iter().map(Bytes::from));
                 }
                 let blobs = self.blobs.clone();
                 let full = std::mem::take(&mut batch);
-                storing = Some(tokio::spawn(async move {
+                storing = Some(Storing(tokio::spawn(async move {
                     blobs.put_many(full).await.map_err(status_of)
-                }));
+                })));
                 batch_bytes = 0;
             }
             if next.is_none() {
                 if let Some(last) = storing.take() {
-                    digests.extend(stored(last).await?.into_iter().map(Bytes::from));
+                    digests.extend(last.digests().await?.into_iter().map(Bytes::from));
                 }
             }
             let Some(blob) = next else { break };

@@ -47,6 +47,8 @@ const UPLOAD_UNIT: usize = 256 * 1024;
 const UPLOAD_UNITS: usize = 64;
 /// Object requests in flight for one batch read or existence check.
 const READS_IN_FLIGHT: usize = 32;
+/// Deletes one garbage collection keeps in flight.
+const DELETES_IN_FLIGHT: usize = 32;
 /// The largest chunk any version of this layout has written (a bound for
 /// decompression, so a hostile object cannot inflate without limit).
 const LARGEST_CHUNK: usize = if SIZES.max > chunker::MAX_CHUNK {
@@ -469,8 +471,8 @@ impl BlobService for ObjectBlobService {
         if !dry_run {
             // Lists first, all of them: a blob disappears before any of
             // its chunks. Within each kind, many deletes at once.
-            delete_all(&self.store, doomed_lists, READS_IN_FLIGHT).await?;
-            delete_all(&self.store, doomed_chunks, READS_IN_FLIGHT).await?;
+            delete_all(&self.store, doomed_lists, DELETES_IN_FLIGHT).await?;
+            delete_all(&self.store, doomed_chunks, DELETES_IN_FLIGHT).await?;
         }
         Ok(report)
     }

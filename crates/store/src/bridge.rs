@@ -172,8 +172,10 @@ impl NarSink for ThreadWriterSink {
             return self.send(piece).await.map_err(RenderError::Output);
         }
         if self.gathered.is_empty() {
-            // The last buffer went to the thread: a fresh one.
-            self.gathered.reserve(GATHER);
+            // The last buffer went to the thread: a fresh one, with room
+            // for the piece that takes it past GATHER (pieces here are
+            // smaller than GATHER), so it never grows by copying.
+            self.gathered.reserve(2 * GATHER);
         }
         self.gathered.extend_from_slice(&piece);
         if self.gathered.len() >= GATHER {
