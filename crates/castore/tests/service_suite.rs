@@ -412,6 +412,21 @@ async fn directory_garbage_collection(b: Backend) {
     // Just put: unreachable, but it may be an import whose PathInfo has
     // not landed yet, so an hour's grace keeps it.
     let hour = std::time::Duration::from_secs(3600);
+    // Everything was just put: all of it is young (the GC's roots to keep).
+    let written: std::collections::HashSet<B3Digest> = b
+        .dirs
+        .written_within(hour)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(written.contains(&other_digest) && live.iter().all(|d| written.contains(d)));
+    assert!(b
+        .dirs
+        .written_within(std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
     let young = b.dirs.collect_garbage(&live, hour, false).await.unwrap();
     assert_eq!((young.live, young.young, young.deleted), (3, 1, 0));
     assert!(b.dirs.get(&other_digest).await.unwrap().is_some());

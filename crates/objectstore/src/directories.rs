@@ -219,6 +219,16 @@ impl DirectoryService for ObjectDirectoryService {
         Ok(report)
     }
 
+    async fn written_within(&self, grace: Duration) -> Result<Vec<B3Digest>, Error> {
+        Ok(self
+            .keys()
+            .await?
+            .into_iter()
+            .filter(|(_, _, _, age)| *age < grace)
+            .map(|(_, digest, _, _)| digest)
+            .collect())
+    }
+
     async fn verify_all(&self) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         for (_, digest, _, _) in self.keys().await? {

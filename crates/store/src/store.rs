@@ -451,11 +451,41 @@ impl Store {
             }
         }
         drop(infos);
+        // A directory written within the grace period may be an import's
+        // whose PathInfo has not landed yet: it is kept, and so is all it
+        // reaches, even what that import found already stored (and so did
+        // not write again: an old blob, or a subtree `cairn copy` saw was
+        // there).
+        let mut kept_young: HashSet<B3Digest> = HashSet::new();
+        for root in self.dirs.written_within(grace).await? {
+            if live_dirs.contains(&root) || kept_young.contains(&root) {
+                continue;
+            }
+            let mut closure = self.dirs.get_recursive(&root);
+            // A closure that cannot be read whole keeps what was read:
+            // the directory is young, its import may still be running.
+            while let Some(Ok(dir)) = futures::StreamExt::next(&mut closure).await {
+                for (_, node) in dir.entries() {
+                    if let Node::File { digest, .. } = node {
+                        live_blobs.insert(*digest);
+                    }
+                }
+                let digest = dir.digest();
+                if !live_dirs.contains(&digest) {
+                    kept_young.insert(digest);
+                }
+            }
+        }
+        live_dirs.extend(kept_young.iter().copied());
         // Directories first: no directory ever refers to a deleted blob.
         summary.directories = self
             .dirs
             .collect_garbage(&live_dirs, grace, dry_run)
             .await?;
+        // Reported as what they are: unreachable, kept for their age.
+        let kept = kept_young.len() as u64;
+        summary.directories.live = summary.directories.live.saturating_sub(kept);
+        summary.directories.young += kept;
         summary.blobs = self
             .blobs
             .collect_garbage(&live_blobs, grace, dry_run)

@@ -79,6 +79,15 @@ impl DirectoryService for MemoryDirectoryService {
         Ok(report)
     }
 
+    async fn written_within(&self, grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
+        let map = self.dirs.read().map_err(|_| poisoned())?;
+        Ok(map
+            .iter()
+            .filter(|(_, (_, written))| written.elapsed() < grace)
+            .map(|(d, _)| *d)
+            .collect())
+    }
+
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
         let map = self.dirs.read().map_err(|_| poisoned())?;
         Ok(super::verify_directories(

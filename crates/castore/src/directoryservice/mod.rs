@@ -54,6 +54,16 @@ pub trait DirectoryService: Send + Sync {
         ))
     }
 
+    /// The directories put less than `grace` ago (a put of one already
+    /// stored counts): the roots a garbage collection must keep alive
+    /// with everything they reach, since an import in progress may be
+    /// about to name them in a PathInfo.
+    async fn written_within(&self, _grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
+        Err(Error::Storage(
+            "this directory service cannot collect garbage".into(),
+        ))
+    }
+
     /// Checks every stored directory: it decodes, hashes to its key, and its
     /// subdirectories exist with the declared sizes (an fsck).
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {

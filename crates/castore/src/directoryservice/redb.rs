@@ -231,6 +231,29 @@ impl DirectoryService for RedbDirectoryService {
         .await
     }
 
+    async fn written_within(&self, grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
+        if grace.is_zero() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let young_from = unix_now().saturating_sub(grace.as_secs());
+        blocking(move || {
+            let txn = db.begin_read().map_err(db_err)?;
+            let written = txn.open_table(WRITTEN).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in written.iter().map_err(db_err)? {
+                let (k, t) = row.map_err(db_err)?;
+                if t.value() >= young_from {
+                    if let Ok(d) = B3Digest::try_from(k.value()) {
+                        out.push(d);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn verify_all(&self) -> Result<crate::blobservice::VerifyReport, Error> {
         let db = self.db.clone();
         let rule = self.rule;
