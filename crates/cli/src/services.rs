@@ -106,6 +106,21 @@ impl LeadingServiceArgs {
     }
 }
 
+/// What marks a data directory as holding a store: the first import
+/// creates it.
+const STORE_MARKER: &str = "castore.redb";
+
+/// Fails unless `dir` holds a store.
+fn require_store(dir: &std::path::Path) -> Result<()> {
+    if dir.join(STORE_MARKER).exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no Cairn store in {}: nothing has been imported there (check --data-dir or CAIRN_DATA_DIR)",
+        dir.display()
+    )
+}
+
 /// The opened castore services.
 pub struct Services {
     pub blobs: Arc<dyn BlobService>,
@@ -183,17 +198,44 @@ impl ServiceArgs {
         Ok(())
     }
 
-    /// Opens the castore services the flags name.
+    /// Opens the castore services the flags name, creating the data
+    /// directory's store if it has none yet (for commands that write).
     pub fn open(&self) -> Result<Services> {
         self.check_cache()?;
         let data = self.data_dir_if_needed(false)?;
         self.open_castore(data.as_deref())
     }
 
-    /// Opens all three services: a store.
+    /// Opens the castore services of a store that must exist already (for
+    /// commands that only read): a mistyped `--data-dir` is an error, not
+    /// a new empty store.
+    pub fn open_existing(&self) -> Result<Services> {
+        self.check_cache()?;
+        let data = self.data_dir_if_needed(false)?;
+        if let Some(d) = &data {
+            require_store(d)?;
+        }
+        self.open_castore(data.as_deref())
+    }
+
+    /// Opens all three services: a store, created in the data directory
+    /// if it has none yet (for commands that write).
     pub fn open_store(&self) -> Result<Store> {
+        self.open_store_with(false)
+    }
+
+    /// Opens a store that must exist already (for commands that only
+    /// read, or change only what is there).
+    pub fn open_existing_store(&self) -> Result<Store> {
+        self.open_store_with(true)
+    }
+
+    fn open_store_with(&self, must_exist: bool) -> Result<Store> {
         self.check_cache()?;
         let data = self.data_dir_if_needed(true)?;
+        if let (true, Some(d)) = (must_exist, &data) {
+            require_store(d)?;
+        }
         let castore = self.open_castore(data.as_deref())?;
         let pathinfo =
             |d: &std::path::Path| format!("redb://{}", d.join("pathinfo.redb").display());

@@ -157,7 +157,7 @@ async fn import_cmd(a: ImportArgs) -> Result<()> {
 }
 
 async fn export_cmd(a: ExportArgs) -> Result<()> {
-    let s = a.services.open()?;
+    let s = a.services.open_existing()?;
     let node = if a.file {
         let chunks = s.blobs.chunks(&a.digest).await?;
         if chunks.is_none() {
@@ -195,7 +195,7 @@ async fn export_cmd(a: ExportArgs) -> Result<()> {
 }
 
 async fn stat_cmd(a: StatArgs) -> Result<()> {
-    let s = a.services.open()?;
+    let s = a.services.open_existing()?;
     let mut found = false;
     let mut report = serde_json::Map::new();
     let mut out = std::io::stdout().lock();
@@ -265,7 +265,7 @@ async fn stat_cmd(a: StatArgs) -> Result<()> {
 }
 
 async fn verify_cmd(a: VerifyArgs) -> Result<()> {
-    let s = a.services.open()?;
+    let s = a.services.open_existing()?;
     let blobs = s.blobs.verify_all().await.context("cannot verify blobs")?;
     let dirs = s
         .dirs

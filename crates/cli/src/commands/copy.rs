@@ -133,7 +133,7 @@ pub fn run(a: CopyArgs) -> Result<()> {
                 ..to.clone()
             },
             None => store_args(a.from.as_deref())
-                .open_store()
+                .open_existing_store()
                 .context("cannot open the source store")?,
         };
         let summary = copy_paths(&from, &to, &paths, !a.no_closure, &bar)

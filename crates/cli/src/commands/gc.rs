@@ -26,7 +26,7 @@ pub struct GcArgs {
 }
 
 pub fn run(a: GcArgs) -> Result<()> {
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let grace = Duration::from_secs(a.grace_minutes.saturating_mul(60));
     let s = rt

@@ -299,7 +299,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     if a.to.is_none() && std::io::stdout().is_terminal() {
         bail!("refusing to write a binary NAR to a terminal; redirect stdout, or use --to DEST to write the tree");
     }
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     runtime()?.block_on(async {
         match &a.to {
             Some(dest) => {
@@ -398,7 +398,7 @@ pub fn path_info(a: PathInfoArgs) -> Result<()> {
         .iter()
         .map(|p| whole_path(p))
         .collect::<Result<_>>()?;
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     runtime()?.block_on(async {
         let mut found = Vec::new();
         let mut missing = Vec::new();
@@ -531,7 +531,7 @@ async fn list_long(
 
 pub fn ls(a: LsArgs) -> Result<()> {
     let (path, sub) = parse_path(&a.path)?;
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     runtime()?.block_on(async {
         let node = store.resolve(&path, &sub).await?;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -555,7 +555,7 @@ pub fn ls(a: LsArgs) -> Result<()> {
 
 pub fn cat(a: CatArgs) -> Result<()> {
     let (path, sub) = parse_path(&a.path)?;
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     runtime()?.block_on(async {
         let node = store.resolve(&path, &sub).await?;
         let digest = match &node {
@@ -590,7 +590,7 @@ pub fn sign(a: SignArgs) -> Result<()> {
         .iter()
         .map(|p| whole_path(p))
         .collect::<Result<_>>()?;
-    let store = a.services.open_store()?;
+    let store = a.services.open_existing_store()?;
     runtime()?.block_on(async {
         for p in &paths {
             store
