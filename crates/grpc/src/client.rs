@@ -210,6 +210,34 @@ impl GrpcBlobService {
 }
 
 impl GrpcBlobService {
+    /// The digests of a batch answer, each checked for length.
+    fn digests_of(&self, resp: Digests) -> Result<Vec<B3Digest>, Error> {
+        resp.digests
+            .iter()
+            .map(|d| {
+                B3Digest::try_from(&d[..]).map_err(|_| {
+                    Error::Storage(format!(
+                        "{}: a missing-blob digest of the wrong length",
+                        self.peer
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// `BlobsToSend` where the peer has it; a peer from before it gets
+    /// the `missing` question instead (it then renews nothing by age).
+    async fn to_send_part(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        let req = Digests {
+            digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
+        };
+        match self.batch()?.blobs_to_send(req).await {
+            Ok(resp) => self.digests_of(resp.into_inner()),
+            Err(s) if s.code() == Code::Unimplemented => self.missing_part(digests).await,
+            Err(s) => Err(remote(&self.peer, "blobs to send", &s)),
+        }
+    }
+
     /// One round trip when the peer offers Cairn's batch extension,
     /// one `Stat` each otherwise.
     async fn missing_part(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
@@ -217,19 +245,7 @@ impl GrpcBlobService {
             digests: digests.iter().map(|d| Bytes::from(*d)).collect(),
         };
         match self.batch()?.missing_blobs(req).await {
-            Ok(resp) => resp
-                .into_inner()
-                .digests
-                .iter()
-                .map(|d| {
-                    B3Digest::try_from(&d[..]).map_err(|_| {
-                        Error::Storage(format!(
-                            "{}: a missing-blob digest of the wrong length",
-                            self.peer
-                        ))
-                    })
-                })
-                .collect(),
+            Ok(resp) => self.digests_of(resp.into_inner()),
             Err(s) if s.code() == Code::Unimplemented => {
                 let mut missing = Vec::new();
                 for d in digests {
@@ -271,11 +287,19 @@ impl BlobService for GrpcBlobService {
         Ok(out)
     }
 
+    async fn to_send(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        let mut out = Vec::new();
+        for part in digests.chunks(MISSING_PER_CALL) {
+            out.extend(self.to_send_part(part).await?);
+        }
+        Ok(out)
+    }
+
     async fn put_many(&self, blobs: Vec<Bytes>) -> Result<Vec<B3Digest>, Error> {
         // Upload only what the peer lacks: one question for the
         // batch instead of one upload per blob.
         let digests: Vec<B3Digest> = blobs.iter().map(|b| B3Digest::of(b)).collect();
-        let missing: HashSet<B3Digest> = self.missing(&digests).await?.into_iter().collect();
+        let missing: HashSet<B3Digest> = self.to_send(&digests).await?.into_iter().collect();
         let mut sent = HashSet::new();
         let (expected, uploads): (Vec<B3Digest>, Vec<Bytes>) = digests
             .iter()

@@ -569,6 +569,14 @@ impl batch_service_server::BatchService for BatchHandler {
         }))
     }
 
+    async fn blobs_to_send(&self, request: Request<Digests>) -> Result<Response<Digests>, Status> {
+        let wanted = digest_list(request.into_inner())?;
+        let to_send = self.blobs.to_send(&wanted).await.map_err(status_of)?;
+        Ok(Response::new(Digests {
+            digests: to_send.into_iter().map(Bytes::from).collect(),
+        }))
+    }
+
     async fn missing_directories(
         &self,
         request: Request<Digests>,

@@ -143,3 +143,52 @@ async fn an_upload_dropped_unclosed_leaves_nothing_at_the_daemon() {
         "the partial upload was stored"
     );
 }
+
+/// Makes every file under `dir` look 30 minutes old (a file bucket's
+/// objects are dated by their modification time).
+fn age_files(dir: &std::path::Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 60);
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            age_files(&p);
+        } else {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_modified(then).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_a_bucket_asks_for_old_blobs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = format!("objectstore+file://{}", dir.path().display());
+    let blobs = cairn_objectstore::addr::blob_service_from_addr(&bucket)
+        .unwrap()
+        .unwrap();
+    let dirs = cairn_objectstore::addr::directory_service_from_addr(&bucket)
+        .unwrap()
+        .unwrap();
+    let path_infos = cairn_objectstore::addr::path_info_service_from_addr(&bucket)
+        .unwrap()
+        .unwrap();
+    let calc = Arc::new(CastoreNarCalculator::new(blobs.clone(), dirs.clone()));
+    let server = spawn(
+        Services::new(blobs, dirs, path_infos, calc),
+        Location::Tcp("127.0.0.1:0".into()),
+    )
+    .await
+    .unwrap();
+    let client = cairn_grpc::addr::blob_service_from_addr(&server.addr()).unwrap();
+    let data = bytes::Bytes::from_static(b"uploaded long ago\n");
+    let digest = client.put_many(vec![data.clone()]).await.unwrap()[0];
+    assert!(client.to_send(&[digest]).await.unwrap().is_empty());
+
+    age_files(dir.path());
+    // There for readers, but a writer is asked to send it again,
+    assert!(client.missing(&[digest]).await.unwrap().is_empty());
+    assert_eq!(client.to_send(&[digest]).await.unwrap(), [digest]);
+    // and an upload of it does, which renews it.
+    assert_eq!(client.put_many(vec![data]).await.unwrap(), [digest]);
+    assert!(client.to_send(&[digest]).await.unwrap().is_empty());
+}

@@ -237,18 +237,21 @@ impl ObjectBlobService {
             .map_err(|_| Error::Storage("the upload limiter was closed".into()))
     }
 
+    /// Whether the object at `key` exists and is younger than
+    /// [`REFRESH_AFTER`]: safe to refer to without uploading it again.
+    async fn fresh(&self, key: &Path) -> Result<bool, Error> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(chrono_age(meta.last_modified) < REFRESH_AFTER),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(storage(key, e)),
+        }
+    }
+
     /// Uploads one chunk unless the bucket has it (and recently).
     async fn put_chunk(&self, digest: B3Digest, data: Bytes) -> Result<(), Error> {
         let key = self.layout.chunk(&digest);
-        match self.store.head(&key).await {
-            Ok(meta) => {
-                let age = chrono_age(meta.last_modified);
-                if age < REFRESH_AFTER {
-                    return Ok(());
-                }
-            }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(storage(&key, e)),
+        if self.fresh(&key).await? {
+            return Ok(());
         }
         let encoded = encode_chunk(data, self.zstd).map_err(|e| storage(&key, e))?;
         self.store
@@ -362,6 +365,27 @@ impl BlobService for ObjectBlobService {
         Ok(found
             .into_iter()
             .filter(|(_, has)| !has)
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    async fn to_send(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        // As `put_chunk` does for a chunk: an object older than
+        // `REFRESH_AFTER` is sent again, so a young directory never names
+        // a blob a collection may be about to take. A fresh chunk list
+        // will do: its writer refreshed every chunk just before it.
+        let found: Vec<(B3Digest, bool)> = futures::stream::iter(digests.iter().copied())
+            .map(|d| async move {
+                let fresh = self.fresh(&self.layout.chunk(&d)).await?
+                    || self.fresh(&self.layout.list(&d)).await?;
+                Ok::<_, Error>((d, fresh))
+            })
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|(_, fresh)| !fresh)
             .map(|(d, _)| d)
             .collect())
     }

@@ -149,10 +149,6 @@ async fn copy_tree(
         }
         Node::Directory { digest, .. } => *digest,
     };
-    // A closure is put whole, so a destination with the root has every
-    // directory; but directories are accepted without their blobs, so
-    // the blobs are checked (one question) all the same.
-    let have_dirs = to.dirs.get(&root).await?.is_some();
     let closure: HashMap<B3Digest, Directory> = from
         .dirs
         .get_recursive(&root)
@@ -171,9 +167,10 @@ async fn copy_tree(
         }
     }
     copy_blobs(from, to, &files, summary, progress).await?;
-    if have_dirs {
-        return Ok(());
-    }
+    // Put even when the destination has the whole closure already (as
+    // garbage, or under another path): a put dates it, and garbage
+    // collection spares a young directory and everything it reaches, so
+    // an old tree this copy relies on stays until the PathInfo lands.
     summary.directories_sent += put_closure_map(to.dirs.as_ref(), &root, &closure).await? as u64;
     Ok(())
 }
@@ -188,7 +185,9 @@ async fn copy_blobs(
     progress: &dyn CopyProgress,
 ) -> Result<(), StoreError> {
     let digests: Vec<B3Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    let missing = to.blobs.missing(&digests).await?;
+    // `to_send`, not `missing`: a blob stored long ago is sent again where
+    // the backend's garbage collection goes by age.
+    let missing = to.blobs.to_send(&digests).await?;
     for d in missing {
         let sent = copy_blob(from.blobs.as_ref(), to.blobs.as_ref(), &d, |n| {
             progress.bytes_sent(n)

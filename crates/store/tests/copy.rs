@@ -223,9 +223,11 @@ async fn directories_already_there_do_not_stop_the_blobs() {
     )
     .await
     .unwrap();
+    // The directories are put again all the same: a put dates them, so a
+    // collection spares them until the PathInfo lands (tests/gc.rs).
     assert_eq!(
         (s.copied, s.blobs_sent, s.directories_sent),
-        (1, 2, 0),
+        (1, 2, 2),
         "{s:?}"
     );
 }

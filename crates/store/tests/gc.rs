@@ -80,3 +80,56 @@ async fn a_young_directory_keeps_the_old_blobs_it_reaches() {
     assert!(summary.blobs.deleted >= 1, "{summary:?}");
     assert!(!store.blobs.has(&old).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_dates_again_the_old_tree_it_finds_so_a_collection_spares_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/file"), b"copied onto old garbage\n").unwrap();
+    let from = Store {
+        blobs: cairn_castore::addr::blob_service_from_addr("memory://").unwrap(),
+        dirs: cairn_castore::addr::directory_service_from_addr("memory://").unwrap(),
+        path_infos: cairn_store::addr::path_info_service_from_addr("memory://").unwrap(),
+    };
+    let info = from
+        .import_tree(&tree, "tree", &cairn_castore::import::NoProgress)
+        .await
+        .unwrap();
+    let Node::Directory { digest: root, .. } = info.node else {
+        panic!("a directory")
+    };
+
+    // The destination holds the same tree as garbage, written long ago
+    // (by a path since deleted): its PathInfo went elsewhere.
+    let to = disk_store(&tmp.path().join("to"));
+    let orphan = Store {
+        blobs: to.blobs.clone(),
+        dirs: to.dirs.clone(),
+        path_infos: cairn_store::addr::path_info_service_from_addr("memory://").unwrap(),
+    };
+    orphan
+        .import_tree(&tree, "tree", &cairn_castore::import::NoProgress)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let grace = Duration::from_secs(3);
+    assert!(!to.dirs.written_within(grace).await.unwrap().contains(&root));
+
+    // The copy finds the whole tree there. A collection running before
+    // its PathInfo lands must still spare the tree: the copy has dated
+    // it again, as a collection sees.
+    cairn_store::copy::copy_paths(
+        &from,
+        &to,
+        std::slice::from_ref(&info.store_path),
+        false,
+        &cairn_store::copy::NoCopyProgress,
+    )
+    .await
+    .unwrap();
+    assert!(
+        to.dirs.written_within(grace).await.unwrap().contains(&root),
+        "the copy relied on an old tree without dating it again"
+    );
+}

@@ -111,6 +111,16 @@ pub trait BlobService: Send + Sync {
         }
         Ok(out)
     }
+    /// Of `digests`, those a writer about to refer to them should send:
+    /// the ones not stored, and, on backends whose garbage collection goes
+    /// by object age, the ones stored too long ago to be relied on (a
+    /// collection on another front end could take them before the writer's
+    /// directories land; sending them again renews their age). For
+    /// existence alone ask [`missing`](Self::missing). The default is
+    /// `missing`: a backend that dates reuse when it happens needs no more.
+    async fn to_send(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
+        self.missing(digests).await
+    }
     /// A reader for the blob, or `None` if it does not exist.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
     /// A writer for a new blob.
