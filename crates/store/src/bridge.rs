@@ -62,10 +62,16 @@ impl io::Write for ChannelWriter {
 /// The receiving end of a piece channel as an `AsyncRead`; an error piece
 /// becomes a read error.
 pub(crate) fn channel_reader(rx: mpsc::Receiver<Piece>) -> impl AsyncRead + Unpin + Send {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    tokio_util::io::StreamReader::new(channel_pieces(rx))
+}
+
+/// The pieces a [`ChannelWriter`] (or a reading thread) sends, as a stream.
+pub(crate) fn channel_pieces(
+    rx: mpsc::Receiver<Piece>,
+) -> impl futures::Stream<Item = Piece> + Unpin + Send {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
-    });
-    tokio_util::io::StreamReader::new(Box::pin(stream))
+    }))
 }
 
 /// Reads `source` to its end on a blocking thread, as an `AsyncRead`.

@@ -1,8 +1,8 @@
 //! NAR ingest: one streaming pass from any `AsyncRead` NAR into castore
 //! blobs and directories, computing the NAR's sha256 and size on the way.
 //!
-//! Parsing runs on the calling task, sha256 on a thread of its own fed a
-//! copy of the input, and file contents are stored by tasks: small files
+//! Parsing runs on the calling task, sha256 on a thread of its own fed
+//! the same pieces of input, and file contents are stored by tasks: small files
 //! in batches (one `put_many` per batch), large ones streamed to a blob
 //! writer each. Hashing, parsing and storing overlap. Memory is bounded by [`IN_FLIGHT_BYTES`] of file
 //! contents plus the tree's names, whatever the NAR's size.
@@ -18,13 +18,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use cairn_castore::import::{EntryId, ImportError, Progress, TreeBuilder};
 use cairn_castore::{B3Digest, BlobService, DirectoryService, Node};
 use cairn_nix::hash::{HashAlgo, Hasher};
 use cairn_nix::nar::{AsyncNarReader, Event, NarError};
+use futures::Stream;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::PollSender;
@@ -68,44 +69,95 @@ pub enum IngestError {
     Castore(#[from] cairn_castore::Error),
 }
 
-/// Passes a copy of everything read through it to a hashing thread, so
-/// that sha256 (the slowest hash in the job) runs beside the parsing
-/// rather than in series with it. Reading waits while the hasher is
-/// [`HASH_QUEUE`] pieces behind.
-struct HashingReader<R> {
-    inner: R,
+/// The NAR as a buffered reader over the owned pieces it arrives in, each
+/// piece passed to a hashing thread as it is taken (a reference, not a
+/// copy), so that sha256 (the slowest hash in the job) runs beside the
+/// parsing rather than in series with it. Taking a piece waits while the
+/// hasher is [`HASH_QUEUE`] pieces behind. Parsing reads straight from the
+/// piece: nothing is copied into a read buffer first.
+struct PieceReader<S> {
+    pieces: S,
+    /// What is left of the piece being parsed.
+    current: Bytes,
     to_hasher: PollSender<Bytes>,
+    ended: bool,
 }
 
 /// Pieces of input the hasher may lag behind by.
 const HASH_QUEUE: usize = 16;
 
-impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+impl<S> PieceReader<S>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    fn hasher_stopped() -> io::Error {
+        io::Error::other("NAR hasher stopped")
+    }
+}
+
+impl<S> AsyncBufRead for PieceReader<S>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.current.is_empty() && !this.ended {
+            match this.to_hasher.poll_reserve(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Self::hasher_stopped())),
+            }
+            match Pin::new(&mut this.pieces).poll_next(cx) {
+                Poll::Ready(Some(Ok(piece))) if !piece.is_empty() => {
+                    if this.to_hasher.send_item(piece.clone()).is_err() {
+                        return Poll::Ready(Err(Self::hasher_stopped()));
+                    }
+                    this.current = piece;
+                }
+                Poll::Ready(Some(Ok(_))) => {
+                    this.to_hasher.abort_send();
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.to_hasher.abort_send();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(None) => {
+                    this.to_hasher.abort_send();
+                    this.ended = true;
+                }
+                Poll::Pending => {
+                    this.to_hasher.abort_send();
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(&this.current[..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.current.advance(amt.min(this.current.len()));
+    }
+}
+
+impl<S> AsyncRead for PieceReader<S>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match this.to_hasher.poll_reserve(cx) {
+        let available = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(buf)) => buf,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Poll::Ready(Err(io::Error::other("NAR hasher stopped"))),
-        }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match &r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let piece = Bytes::copy_from_slice(&buf.filled()[before..]);
-                if this.to_hasher.send_item(piece).is_err() {
-                    return Poll::Ready(Err(io::Error::other("NAR hasher stopped")));
-                }
-            }
-            _ => {
-                this.to_hasher.abort_send();
-            }
-        }
-        r
+        };
+        let n = available.len().min(out.remaining());
+        out.put_slice(&available[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -162,12 +214,30 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     dirs: &dyn DirectoryService,
     progress: &dyn Progress,
 ) -> Result<IngestedNar, IngestError> {
+    let pieces = tokio_util::io::ReaderStream::with_capacity(source, READ_BUFFER);
+    ingest_nar_pieces(pieces, blobs, dirs, progress).await
+}
+
+/// [`ingest_nar`] for a NAR that arrives as owned pieces (a tree dumped on
+/// a thread, a file read on one): the pieces are hashed and parsed where
+/// they are, with no copy into a read buffer.
+pub async fn ingest_nar_pieces<S>(
+    pieces: S,
+    blobs: Arc<dyn BlobService>,
+    dirs: &dyn DirectoryService,
+    progress: &dyn Progress,
+) -> Result<IngestedNar, IngestError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin + Send,
+{
     let (to_hasher, hasher) = spawn_hasher();
-    let hashing = HashingReader {
-        inner: source,
+    let reader = PieceReader {
+        pieces,
+        current: Bytes::new(),
         to_hasher,
+        ended: false,
     };
-    let mut nar = AsyncNarReader::new(BufReader::with_capacity(READ_BUFFER, hashing));
+    let mut nar = AsyncNarReader::new(reader);
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES / PERMIT_BYTES));
     let mut tree = TreeBuilder::new("NAR");
     let mut stores: JoinSet<Stored> = JoinSet::new();

@@ -24,8 +24,8 @@ use futures::TryStreamExt;
 use thiserror::Error;
 use tokio::io::AsyncRead;
 
-use crate::bridge::{channel_reader, ChannelWriter};
-use crate::ingest::{ingest_nar, IngestError, IngestedNar};
+use crate::bridge::{channel_pieces, ChannelWriter};
+use crate::ingest::{ingest_nar, ingest_nar_pieces, IngestError, IngestedNar};
 use crate::pathinfoservice::Error as PathInfoServiceError;
 use crate::render::{NarLayout, RenderError};
 use crate::{PathInfo, PathInfoService};
@@ -189,7 +189,8 @@ impl Store {
     ) -> Result<PathInfo, StoreError> {
         check_name(name)?;
         let (reader, dumping) = dump_as_stream(path.to_owned());
-        let ingested = ingest_nar(reader, self.blobs.clone(), self.dirs.as_ref(), progress).await;
+        let ingested =
+            ingest_nar_pieces(reader, self.blobs.clone(), self.dirs.as_ref(), progress).await;
         // Each side's failure shows up to the other as a broken stream:
         // report the cause, not the symptom.
         let dumped = dumping
@@ -504,9 +505,14 @@ enum DumpFailure {
 
 type DumpTask = tokio::task::JoinHandle<Result<(), DumpFailure>>;
 
-/// Dumps `path` as a NAR on a blocking thread; returns the NAR as an
-/// `AsyncRead` and the dump's own outcome.
-fn dump_as_stream(path: std::path::PathBuf) -> (impl AsyncRead + Unpin + Send, DumpTask) {
+/// Dumps `path` as a NAR on a blocking thread; returns the NAR as a
+/// stream of owned pieces and the dump's own outcome.
+fn dump_as_stream(
+    path: std::path::PathBuf,
+) -> (
+    impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
+    DumpTask,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let task = tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter::new(tx.clone());
@@ -527,5 +533,5 @@ fn dump_as_stream(path: std::path::PathBuf) -> (impl AsyncRead + Unpin + Send, D
             }
         }
     });
-    (channel_reader(rx), task)
+    (channel_pieces(rx), task)
 }
