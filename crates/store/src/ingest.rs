@@ -25,7 +25,7 @@ use cairn_nix::hash::{HashAlgo, Hasher};
 use cairn_nix::nar::{AsyncNarReader, Event, NarError};
 use futures::Stream;
 use thiserror::Error;
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::PollSender;
@@ -93,6 +93,31 @@ where
     fn hasher_stopped() -> io::Error {
         io::Error::other("NAR hasher stopped")
     }
+
+    /// The next `n` buffered bytes, consumed, without a copy.
+    fn split(&mut self, n: usize) -> Bytes {
+        self.current.split_to(n.min(self.current.len()))
+    }
+}
+
+type NarPieces<S> = AsyncNarReader<PieceReader<S>>;
+
+/// Up to `max` bytes of the current file's contents, shared with the
+/// piece they arrived in (at least one byte while contents remain).
+async fn next_slice<S>(nar: &mut NarPieces<S>, max: usize) -> Result<Bytes, IngestError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    let slice = nar.take_contents(max, PieceReader::split).await?;
+    if slice.is_empty() && max > 0 {
+        // The reader reports a truncated NAR itself; this is a backstop.
+        return Err(NarError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "NAR ended inside a file",
+        ))
+        .into());
+    }
+    Ok(slice)
 }
 
 impl<S> AsyncBufRead for PieceReader<S>
@@ -329,41 +354,38 @@ async fn take_budget(
 }
 
 /// Reads exactly `len` bytes of the current file's contents.
-async fn read_piece<R: tokio::io::AsyncBufRead + Unpin>(
-    nar: &mut AsyncNarReader<R>,
-    len: usize,
-) -> Result<Bytes, IngestError> {
-    // Filled by reads into spare capacity: no zeroing first.
+/// The next `len` bytes of the current file's contents. Contents that lie
+/// within one piece of input (most small files) are shared with it, not
+/// copied.
+async fn read_piece<S>(nar: &mut NarPieces<S>, len: usize) -> Result<Bytes, IngestError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
+    let first = next_slice(nar, len).await?;
+    if first.len() == len {
+        return Ok(first);
+    }
     let mut buf = BytesMut::with_capacity(len);
-    let mut contents = nar.contents();
+    buf.extend_from_slice(&first);
     while buf.len() < len {
-        let n = (&mut contents)
-            .take((len - buf.len()) as u64)
-            .read_buf(&mut buf)
-            .await
-            .map_err(NarError::from)?;
-        if n == 0 {
-            // The reader reports a truncated NAR itself; this is a backstop.
-            return Err(NarError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "NAR ended inside a file",
-            ))
-            .into());
-        }
+        buf.extend_from_slice(&next_slice(nar, len - buf.len()).await?);
     }
     Ok(buf.freeze())
 }
 
 /// Streams a large file's contents to a blob writer task, piece by piece;
 /// the task's result carries the file's entry and digest.
-async fn store_large<R: tokio::io::AsyncBufRead + Unpin>(
-    nar: &mut AsyncNarReader<R>,
+async fn store_large<S>(
+    nar: &mut NarPieces<S>,
     id: EntryId,
     size: u64,
     blobs: &Arc<dyn BlobService>,
     budget: &Arc<Semaphore>,
     stores: &mut JoinSet<Stored>,
-) -> Result<(), IngestError> {
+) -> Result<(), IngestError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin,
+{
     // A large file: a writer task fed piece by piece, each piece holding
     // its share of the budget until the writer has taken it.
     let reserve = take_budget(budget, WRITER_RESERVE.max(blobs.writer_buffer())).await?;
@@ -388,6 +410,9 @@ async fn store_large<R: tokio::io::AsyncBufRead + Unpin>(
         drop(reserve);
         Ok(vec![(id, digest)])
     });
+    // Gathered into pieces of `PIECE` bytes: a remote writer sends each
+    // as one message without copying it, where smaller ones it would
+    // have to join.
     let mut left = size;
     while left > 0 {
         let len = left.min(PIECE as u64) as usize;

@@ -10,7 +10,7 @@ use cairn_castore::import::{fs::import_path, NoProgress};
 use cairn_castore::{BlobService, DirectoryService};
 use cairn_nix::hash::{HashAlgo, Hasher};
 use cairn_nix::nar::fs::dump_path;
-use cairn_store::ingest::{ingest_nar, IngestError};
+use cairn_store::ingest::{ingest_nar, ingest_nar_pieces, IngestError};
 use cairn_store::nar_calc::{CastoreNarCalculator, NarCalculationService};
 use cairn_store::render::write_nar;
 use cairn_testkit::{generated_trees, nar_corpus, pseudo_random_bytes, real_trees};
@@ -135,4 +135,80 @@ async fn malformed_and_truncated_nars_fail_and_store_no_tree() {
             .await
             .unwrap());
     }
+}
+
+/// The NAR cut into pieces of `sizes`, cycled: contents and headers
+/// straddle piece boundaries everywhere.
+fn cut(nar: &[u8], sizes: &[usize]) -> Vec<std::io::Result<bytes::Bytes>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &n in sizes.iter().cycle() {
+        if at >= nar.len() {
+            break;
+        }
+        let end = (at + n).min(nar.len());
+        out.push(Ok(bytes::Bytes::copy_from_slice(&nar[at..end])));
+        at = end;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_of_any_size_ingest_as_the_whole_nar_does() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("t");
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    std::fs::write(tree.join("d/small"), b"a small file\n").unwrap();
+    std::fs::write(tree.join("d/empty"), b"").unwrap();
+    std::fs::write(tree.join("mid"), pseudo_random_bytes(3, 300 * 1024 + 5)).unwrap();
+    std::fs::write(
+        tree.join("large"),
+        pseudo_random_bytes(4, 3 * 1024 * 1024 + 7),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("d/small", tree.join("link")).unwrap();
+    let nar = dump_path(&tree, Vec::new()).unwrap();
+    let s = disk_store();
+    let whole = ingest_nar(&nar[..], s.blobs.clone(), s.dirs.as_ref(), &NoProgress)
+        .await
+        .unwrap();
+    // Empty pieces too: a source may send them. Byte-sized pieces only
+    // for the tree without its large file (they are slow in a debug build).
+    let large = std::fs::read(tree.join("large")).unwrap();
+    std::fs::remove_file(tree.join("large")).unwrap();
+    let small_nar = dump_path(&tree, Vec::new()).unwrap();
+    std::fs::write(tree.join("large"), large).unwrap();
+    let small_whole = ingest_nar(
+        &small_nar[..],
+        s.blobs.clone(),
+        s.dirs.as_ref(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    for (nar, whole, sizes) in [
+        (&small_nar, &small_whole, &[1usize][..]),
+        (&nar, &whole, &[7, 0, 13, 4096]),
+        (&nar, &whole, &[65_536 + 3, 1]),
+        (&nar, &whole, &[1 << 20]),
+    ] {
+        let pieces = futures::stream::iter(cut(nar, sizes));
+        let ingested = ingest_nar_pieces(pieces, s.blobs.clone(), s.dirs.as_ref(), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(&ingested, whole, "pieces of {sizes:?}");
+    }
+    // A source failing half-way is reported as its own error.
+    let mut broken = cut(&nar, &[4096]);
+    broken.truncate(broken.len() / 2);
+    broken.push(Err(std::io::Error::other("the source broke")));
+    let err = ingest_nar_pieces(
+        futures::stream::iter(broken),
+        s.blobs.clone(),
+        s.dirs.as_ref(),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("the source broke"), "{err}");
 }

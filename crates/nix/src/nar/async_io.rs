@@ -62,6 +62,30 @@ impl<R: AsyncBufRead + Unpin> AsyncNarReader<R> {
         AsyncContents { reader: self }
     }
 
+    /// Hands up to `max` bytes of the current file's contents to `take`
+    /// straight from the source's buffer, for sources that can give that
+    /// buffer away without copying it (owned pieces). `take` gets the
+    /// source, whose buffer (as `poll_fill_buf` returned it) starts with
+    /// the contents, and the number of bytes it must consume from it: at
+    /// least one while contents remain, none once they are all read.
+    /// A NAR that ends inside the contents is an error, as from
+    /// [`contents`](Self::contents).
+    pub async fn take_contents<T>(
+        &mut self,
+        max: usize,
+        take: impl FnOnce(&mut R, usize) -> T,
+    ) -> Result<T, NarError> {
+        let n = {
+            let mut contents = self.contents();
+            let buffered = contents.fill_buf().await?;
+            buffered.len().min(max)
+        };
+        let taken = take(&mut self.inner, n);
+        self.offset += n as u64;
+        self.contents_left -= n as u64;
+        Ok(taken)
+    }
+
     /// Consumes the reader, returning the source.
     pub fn into_inner(self) -> R {
         self.inner
