@@ -485,6 +485,10 @@ fn gc_deletes_only_what_no_path_reaches() {
         cairn_testkit::pseudo_random_bytes(8, 3 << 20),
     )
     .unwrap();
+    // A lone blob, as an upload that died before its directories leaves.
+    let lone = env.path("lone");
+    std::fs::write(&lone, b"a blob no directory names").unwrap();
+    run_ok(env.cairn().args(["castore", "import"]).arg(&lone));
     let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(&big));
     let cut = env.path("cut.nar");
     std::fs::write(&cut, &nar[..nar.len() - 100]).unwrap();
@@ -511,13 +515,14 @@ fn gc_deletes_only_what_no_path_reaches() {
 
     let out = env.stdout(&["gc", "--yes", "--grace-minutes", "0"]);
     assert_eq!(gc_counts(&out, "directories", "deleted"), 1, "{out}");
-    // At least the garbage file; also whatever chunks the broken NAR's
-    // large file had stored before the ingest stopped (timing decides
-    // how many).
-    assert!(gc_counts(&out, "blob objects", "deleted") >= 1, "{out}");
+    // At least the garbage file and the lone blob; also whatever chunks
+    // the broken NAR's large file had stored before the ingest stopped
+    // (timing decides how many).
+    assert!(gc_counts(&out, "blob objects", "deleted") >= 2, "{out}");
     for gone in [
         digest.to_owned(),
         cairn_castore::B3Digest::of(b"unreferenced contents").to_string(),
+        cairn_castore::B3Digest::of(b"a blob no directory names").to_string(),
     ] {
         let err = env.fails(&["castore", "stat", &gone]);
         assert!(err.contains("neither a blob nor a directory"), "{err}");
