@@ -121,6 +121,28 @@ pub(crate) async fn exists(store: &dyn ObjectStore, key: &Path) -> Result<bool, 
     }
 }
 
+/// Of `digests`, in order, those `test` answers false for; up to
+/// [`READS_IN_FLIGHT`] asked at once.
+async fn not_passing<F, Fut>(digests: &[B3Digest], test: F) -> Result<Vec<B3Digest>, Error>
+where
+    F: Fn(B3Digest) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    let answers: Vec<(B3Digest, bool)> = futures::stream::iter(digests.iter().copied())
+        .map(|d| {
+            let answer = test(d);
+            async move { Ok::<_, Error>((d, answer.await?)) }
+        })
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(answers
+        .into_iter()
+        .filter(|(_, passed)| !passed)
+        .map(|(d, _)| d)
+        .collect())
+}
+
 /// Blobs in an object store.
 #[derive(Clone)]
 pub struct ObjectBlobService {
@@ -357,16 +379,7 @@ impl BlobService for ObjectBlobService {
     }
 
     async fn missing(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
-        let found: Vec<(B3Digest, bool)> = futures::stream::iter(digests.iter().copied())
-            .map(|d| async move { Ok::<_, Error>((d, self.has(&d).await?)) })
-            .buffered(READS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter(|(_, has)| !has)
-            .map(|(d, _)| d)
-            .collect())
+        not_passing(digests, |d| async move { self.has(&d).await }).await
     }
 
     async fn to_send(&self, digests: &[B3Digest]) -> Result<Vec<B3Digest>, Error> {
@@ -374,20 +387,11 @@ impl BlobService for ObjectBlobService {
         // `REFRESH_AFTER` is sent again, so a young directory never names
         // a blob a collection may be about to take. A fresh chunk list
         // will do: its writer refreshed every chunk just before it.
-        let found: Vec<(B3Digest, bool)> = futures::stream::iter(digests.iter().copied())
-            .map(|d| async move {
-                let fresh = self.fresh(&self.layout.chunk(&d)).await?
-                    || self.fresh(&self.layout.list(&d)).await?;
-                Ok::<_, Error>((d, fresh))
-            })
-            .buffered(READS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        Ok(found
-            .into_iter()
-            .filter(|(_, fresh)| !fresh)
-            .map(|(d, _)| d)
-            .collect())
+        not_passing(digests, |d| async move {
+            Ok(self.fresh(&self.layout.chunk(&d)).await?
+                || self.fresh(&self.layout.list(&d)).await?)
+        })
+        .await
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
