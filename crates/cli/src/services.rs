@@ -201,18 +201,20 @@ impl ServiceArgs {
     /// Opens the castore services the flags name, creating the data
     /// directory's store if it has none yet (for commands that write).
     pub fn open(&self) -> Result<Services> {
-        self.check_cache()?;
-        let data = self.data_dir_if_needed(false)?;
-        self.open_castore(data.as_deref())
+        self.open_castore_with(false)
     }
 
     /// Opens the castore services of a store that must exist already (for
     /// commands that only read): a mistyped `--data-dir` is an error, not
     /// a new empty store.
     pub fn open_existing(&self) -> Result<Services> {
+        self.open_castore_with(true)
+    }
+
+    fn open_castore_with(&self, must_exist: bool) -> Result<Services> {
         self.check_cache()?;
         let data = self.data_dir_if_needed(false)?;
-        if let Some(d) = &data {
+        if let (true, Some(d)) = (must_exist, &data) {
             require_store(d)?;
         }
         self.open_castore(data.as_deref())

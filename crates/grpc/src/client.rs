@@ -217,7 +217,7 @@ impl GrpcBlobService {
             .map(|d| {
                 B3Digest::try_from(&d[..]).map_err(|_| {
                     Error::Storage(format!(
-                        "{}: a missing-blob digest of the wrong length",
+                        "{}: a blob digest of the wrong length in a batch answer",
                         self.peer
                     ))
                 })

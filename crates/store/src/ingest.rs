@@ -353,7 +353,6 @@ async fn take_budget(
         .map_err(|_| cairn_castore::Error::Storage("ingest budget closed".into()).into())
 }
 
-/// Reads exactly `len` bytes of the current file's contents.
 /// The next `len` bytes of the current file's contents. Contents that lie
 /// within one piece of input (most small files) are shared with it, not
 /// copied.
