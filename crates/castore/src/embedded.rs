@@ -6,6 +6,11 @@
 //! by another cairn process" error after `CAIRN_LOCK_TIMEOUT` seconds
 //! (default 60). Waiting rather than failing at once is what makes two
 //! `cairn import` runs started together both succeed, one after the other.
+//!
+//! A new database is made whole under a temporary name and only then
+//! linked in under its own: a process killed while redb writes a new
+//! file's header must not leave a file that is not a database where the
+//! store expects one (every later open would fail on it).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,6 +22,9 @@ use crate::Error;
 /// Opens (creating if needed) the redb database at `path`, waiting for
 /// another process to release it.
 pub fn open_redb(path: &Path) -> Result<Database, Error> {
+    if !path.exists() {
+        create_whole(path)?;
+    }
     let timeout = std::env::var("CAIRN_LOCK_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -45,5 +53,62 @@ pub fn open_redb(path: &Path) -> Result<Database, Error> {
             }
             Err(e) => return Err(Error::Storage(format!("database {}: {e}", path.display()))),
         }
+    }
+}
+
+/// Creates an empty database at `path` atomically: written and synced
+/// under a temporary name, then hard-linked into place (which fails, and
+/// is then fine, if another process got there first).
+fn create_whole(path: &Path) -> Result<(), Error> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Storage(format!("database {}: {what}: {e}", path.display()))
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("db"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".new-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    // A leftover of this pid's earlier life (pids are reused) is junk.
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let db = Database::create(&tmp).map_err(|e| failed("cannot create", &e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| failed("cannot initialise", &e))?;
+        txn.commit().map_err(|e| failed("cannot initialise", &e))?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(failed("cannot link into place", &e)),
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed("cannot sync its directory", &e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_database_appears_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.redb");
+        drop(open_redb(&path).unwrap());
+        // Opens again as a database, and nothing else is left beside it.
+        drop(open_redb(&path).unwrap());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("x.redb")]);
     }
 }
