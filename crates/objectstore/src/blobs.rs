@@ -94,22 +94,64 @@ pub(crate) async fn delete(store: &dyn ObjectStore, key: &Path) -> Result<(), Er
     }
 }
 
-/// Deletes the objects at `keys`, `window` requests at a time, in no
-/// particular order; the first failure stops it.
-pub(crate) async fn delete_all(
+/// What [`delete_unless_refreshed`] kept after all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spared {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Deletes the objects at `doomed` (key and size), `window` requests at a
+/// time, except those written again since they were judged garbage.
+///
+/// A collection judges by a listing that may be minutes old by the time
+/// it deletes, and meanwhile another front end may have rewritten an old
+/// object to refer to it (uploads refresh objects older than
+/// [`REFRESH_AFTER`]). So each object's age is asked again right before
+/// its delete, and one now younger than `grace` is spared. What is left
+/// is the moment between that question and the delete, not the whole run.
+pub(crate) async fn delete_unless_refreshed(
     store: &Arc<dyn ObjectStore>,
-    keys: Vec<Path>,
+    doomed: Vec<(Path, u64)>,
+    grace: Duration,
     window: usize,
-) -> Result<(), Error> {
-    futures::stream::iter(keys)
-        .map(|key| {
+) -> Result<Spared, Error> {
+    futures::stream::iter(doomed)
+        .map(|(key, size)| {
             let store = store.clone();
-            async move { delete(store.as_ref(), &key).await }
+            async move {
+                match store.head(&key).await {
+                    Ok(meta) if chrono_age(meta.last_modified) < grace => Ok(Some(size)),
+                    Ok(_) => delete(store.as_ref(), &key).await.map(|()| None),
+                    // Gone already (another collection): nothing to do.
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(storage(&key, e)),
+                }
+            }
         })
         .buffer_unordered(window)
-        .try_collect::<Vec<()>>()
+        .try_fold(Spared::default(), |mut spared, kept| async move {
+            if let Some(size) = kept {
+                spared.objects += 1;
+                spared.bytes += size;
+            }
+            Ok(spared)
+        })
         .await
-        .map(drop)
+}
+
+/// Moves what a collection spared at the last moment from `deleted` to
+/// `young` in its report.
+pub(crate) fn account_spared(report: &mut GcReport, spared: Spared) {
+    if spared.objects > 0 {
+        tracing::info!(
+            objects = spared.objects,
+            "kept objects written again while the collection ran"
+        );
+    }
+    report.deleted -= spared.objects;
+    report.deleted_bytes -= spared.bytes;
+    report.young += spared.objects;
 }
 
 /// Whether an object exists at `key`.
@@ -489,7 +531,7 @@ impl BlobService for ObjectBlobService {
                 } else {
                     report.deleted += 1;
                     report.deleted_bytes += size;
-                    doomed.push(key);
+                    doomed.push((key, size));
                 }
             }
             doomed
@@ -499,8 +541,14 @@ impl BlobService for ObjectBlobService {
         if !dry_run {
             // Lists first, all of them: a blob disappears before any of
             // its chunks. Within each kind, many deletes at once.
-            delete_all(&self.store, doomed_lists, DELETES_IN_FLIGHT).await?;
-            delete_all(&self.store, doomed_chunks, DELETES_IN_FLIGHT).await?;
+            let lists =
+                delete_unless_refreshed(&self.store, doomed_lists, grace, DELETES_IN_FLIGHT)
+                    .await?;
+            account_spared(&mut report, lists);
+            let chunks =
+                delete_unless_refreshed(&self.store, doomed_chunks, grace, DELETES_IN_FLIGHT)
+                    .await?;
+            account_spared(&mut report, chunks);
         }
         Ok(report)
     }
@@ -643,5 +691,90 @@ impl BlobWriter for ObjectBlobWriter {
                 .map_err(|e| storage(&key, e))?;
         }
         Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::SystemTime;
+
+    use object_store::local::LocalFileSystem;
+
+    use super::*;
+
+    /// A collection's listing goes stale while it runs: an object another
+    /// front end wrote again after the listing judged it garbage must
+    /// survive the delete; the ones nobody touched go.
+    #[tokio::test]
+    async fn objects_written_again_since_the_listing_are_spared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let keys: Vec<Path> = ["a/old", "b/old", "c/rewritten"]
+            .iter()
+            .map(|k| Path::from(*k))
+            .collect();
+        for key in &keys {
+            store
+                .put(key, PutPayload::from_static(b"bytes"))
+                .await
+                .unwrap();
+            // As the listing saw them: two hours old.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(key.as_ref()))
+                .unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(7200))
+                .unwrap();
+        }
+        // Meanwhile, an upload refreshes one of them.
+        store
+            .put(&keys[2], PutPayload::from_static(b"bytes"))
+            .await
+            .unwrap();
+
+        let doomed = keys.iter().map(|k| (k.clone(), 5)).collect();
+        let grace = Duration::from_secs(3600);
+        let spared = delete_unless_refreshed(&store, doomed, grace, 4)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            spared,
+            Spared {
+                objects: 1,
+                bytes: 5
+            }
+        );
+        assert!(!exists(store.as_ref(), &keys[0]).await.unwrap());
+        assert!(!exists(store.as_ref(), &keys[1]).await.unwrap());
+        assert!(exists(store.as_ref(), &keys[2]).await.unwrap());
+
+        // A key some other collection deleted first is no error.
+        let again = vec![(keys[0].clone(), 5)];
+        let spared = delete_unless_refreshed(&store, again, grace, 4)
+            .await
+            .unwrap();
+        assert_eq!(spared, Spared::default());
+
+        let mut report = GcReport {
+            live: 0,
+            young: 0,
+            deleted: 3,
+            deleted_bytes: 15,
+        };
+        account_spared(
+            &mut report,
+            Spared {
+                objects: 1,
+                bytes: 5,
+            },
+        );
+        assert_eq!(
+            (report.young, report.deleted, report.deleted_bytes),
+            (1, 2, 10)
+        );
     }
 }

@@ -24,7 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{chrono_age, delete_all, get_opt, storage};
+use crate::blobs::{account_spared, chrono_age, delete_unless_refreshed, get_opt, storage};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -210,11 +210,12 @@ impl DirectoryService for ObjectDirectoryService {
             }
             report.deleted += 1;
             report.deleted_bytes += size;
-            doomed.push(key);
+            doomed.push((key, size));
         }
         if !dry_run {
             // In any order: no live directory refers to a doomed one.
-            delete_all(&self.store, doomed, WINDOW).await?;
+            let spared = delete_unless_refreshed(&self.store, doomed, grace, WINDOW).await?;
+            account_spared(&mut report, spared);
         }
         Ok(report)
     }
