@@ -22,6 +22,11 @@ use crate::Error;
 /// Opens (creating if needed) the redb database at `path`, waiting for
 /// another process to release it.
 pub fn open_redb(path: &Path) -> Result<Database, Error> {
+    // Including one killed between linking its database into place and
+    // removing the temporary name.
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        remove_abandoned_creations(dir, name);
+    }
     if !path.exists() {
         create_whole(path)?;
     }
@@ -52,6 +57,38 @@ pub fn open_redb(path: &Path) -> Result<Database, Error> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => return Err(Error::Storage(format!("database {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// Removes the temporary files of creations that a killed process left
+/// behind (`.NAME.new-PID` whose process is gone). Only where `/proc`
+/// can say which processes exist; a file whose pid is alive again (pids
+/// are reused) stays, which costs a few KiB and nothing else.
+fn remove_abandoned_creations(dir: &Path, name: &std::ffi::OsStr) {
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.new-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !proc_root.join(pid).exists() {
+            tracing::debug!(
+                "removing {}, left by a killed process",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -110,5 +147,31 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("x.redb")]);
+    }
+
+    #[test]
+    fn creation_sweeps_what_killed_creators_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        // A process that has exited and been reaped: its pid is free.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let left = |suffix: &str| dir.path().join(format!(".x.redb.new-{suffix}"));
+        for suffix in [dead.to_string(), "1".into(), "backup".into()] {
+            std::fs::write(left(&suffix), b"half a header").unwrap();
+        }
+
+        drop(open_redb(&dir.path().join("x.redb")).unwrap());
+        assert!(
+            !left(&dead.to_string()).exists(),
+            "a dead creator's file stays"
+        );
+        // Also when the database itself was linked into place before the kill.
+        std::fs::write(left(&dead.to_string()), b"a whole database").unwrap();
+        drop(open_redb(&dir.path().join("x.redb")).unwrap());
+        assert!(!left(&dead.to_string()).exists());
+        // pid 1 is alive, and a name that is no pid is not ours to judge.
+        assert!(left("1").exists());
+        assert!(left("backup").exists());
     }
 }
