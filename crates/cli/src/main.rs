@@ -140,16 +140,23 @@ fn init_logging(verbose: u8) {
 /// bring that to 100 MiB at the same speed; sending everything above
 /// 1 MiB back to the kernel instead also bounds memory, but the page
 /// faults of mapping fresh buffers cost a fifth of an import's CPU.
+/// Setting the threshold also pins glibc's trim threshold at 128 KiB, so
+/// the free top of a heap went back to the kernel after every few
+/// buffers and was faulted in again (zeroed) for the next; keeping up to
+/// 16 MiB of it per arena took 5–10 % off `cairn import` of large files
+/// and off a daemon receiving them, for at most 32 MiB more resident.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_allocator() {
     const ARENAS: libc::c_int = 2;
     const MMAP_ABOVE: libc::c_int = 4 * 1024 * 1024 + 1;
+    const TRIM_ABOVE: libc::c_int = 16 * 1024 * 1024;
     // SAFETY: mallopt only sets tuning parameters of the allocator; it is
     // called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_ABOVE);
     }
 }
 
