@@ -388,6 +388,89 @@ fn import_nar_by_name_reads_files_and_stdin_alike() {
     assert!(err.contains("store path name"), "{err}");
 }
 
+/// The NAR file a narinfo in a `file://` cache points at.
+fn nar_file_of(cache: &Path, path: &str) -> PathBuf {
+    let text = std::fs::read_to_string(narinfo_of(cache, path)).unwrap();
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("a narinfo has a URL");
+    cache.join(url)
+}
+
+#[test]
+fn import_nar_by_name_finds_the_compression_from_the_first_bytes() {
+    let env = Env::new();
+    let mut added = Vec::new();
+    for compression in ["none", "zstd", "xz"] {
+        let Some((cache, a, _)) = nix_cache(&env, compression) else {
+            return;
+        };
+        let nar = nar_file_of(&cache, &a);
+        added.push(env.stdout(&["import-nar", "--name", "a", nar.to_str().unwrap()]));
+        // The same through a pipe.
+        let child = env
+            .cairn()
+            .args(["import-nar", "--name", "a"])
+            .stdin(std::fs::File::open(&nar).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{compression} from stdin");
+        added.push(String::from_utf8(out.stdout).unwrap());
+        let _ = std::fs::remove_dir_all(env.path("nix-src"));
+    }
+    assert_eq!(added.len(), 6);
+    assert!(added.iter().all(|p| *p == added[0]), "{added:?}");
+}
+
+#[test]
+fn import_nar_reads_nars_of_many_pieces_and_refuses_empty_input() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    std::fs::create_dir(&tree).unwrap();
+    // Larger than a few of the reader's 256 KiB pieces, and not aligned
+    // to them, with small files on both sides.
+    let big: Vec<u8> = (0..700_001u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(tree.join("a-small"), b"first").unwrap();
+    std::fs::write(tree.join("big"), &big).unwrap();
+    std::fs::write(tree.join("z-small"), b"last").unwrap();
+    let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(&tree));
+    let from_tree = env.import(&tree);
+
+    let mut child = env
+        .cairn()
+        .args(["import-nar", "--name", "tree", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // In uneven writes, as a network stream would arrive.
+    for part in nar.chunks(100_003) {
+        std::io::Write::write_all(&mut stdin, part).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), from_tree);
+    let read_back = run_ok(env.cairn().args(["cat", &format!("{from_tree}/big")]));
+    assert!(read_back == big, "the big file reads back changed");
+
+    let out = env
+        .cairn()
+        .args(["import-nar", "--name", "empty", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot add the NAR -"), "{err}");
+}
+
 #[test]
 fn data_persists_and_concurrent_imports_both_land() {
     let env = Env::new();

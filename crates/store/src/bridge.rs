@@ -1,7 +1,7 @@
 //! Bytes between blocking threads and async code: a NAR dumped by sync
-//! code on a blocking thread, or a file or stdin read there, becomes an
-//! `AsyncRead` for the ingest, in pieces through a bounded channel; and a
-//! rendered NAR goes the other way, to a thread writing it out.
+//! code on a blocking thread, or a file or stdin read there, reaches the
+//! ingest as owned pieces through a bounded channel; and a rendered NAR
+//! goes the other way, to a thread writing it out.
 //!
 //! Why not `tokio::fs::File` / `tokio::io::stdin`: they hop to the
 //! blocking pool for every read; one thread reading large pieces costs a
@@ -10,7 +10,6 @@
 use std::io::{self, Read};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use crate::render::{NarSink, RenderError};
@@ -59,12 +58,6 @@ impl io::Write for ChannelWriter {
     }
 }
 
-/// The receiving end of a piece channel as an `AsyncRead`; an error piece
-/// becomes a read error.
-pub(crate) fn channel_reader(rx: mpsc::Receiver<Piece>) -> impl AsyncRead + Unpin + Send {
-    tokio_util::io::StreamReader::new(channel_pieces(rx))
-}
-
 /// The pieces a [`ChannelWriter`] (or a reading thread) sends, as a stream.
 pub(crate) fn channel_pieces(
     rx: mpsc::Receiver<Piece>,
@@ -74,19 +67,22 @@ pub(crate) fn channel_pieces(
     }))
 }
 
-/// Reads `source` to its end on a blocking thread, as an `AsyncRead`.
-/// The thread stops when the reader is dropped.
-pub fn read_on_thread<R: Read + Send + 'static>(mut source: R) -> impl AsyncRead + Unpin + Send {
+/// Reads `source` to its end on a blocking thread, as a stream of owned
+/// pieces of up to [`PIECE`] bytes (only the last one shorter), which
+/// [`crate::ingest::ingest_nar_pieces`] parses where they lie. Each piece
+/// is read straight into fresh, unzeroed memory: the only copy is the
+/// kernel's. The thread stops when the stream is dropped.
+pub fn read_pieces_on_thread<R: Read + Send + 'static>(
+    mut source: R,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Unpin + Send {
     let (tx, rx) = mpsc::channel::<Piece>(QUEUE);
     tokio::task::spawn_blocking(move || loop {
-        let mut buf = vec![0u8; PIECE];
-        let item = match source.read(&mut buf) {
+        let mut buf = Vec::with_capacity(PIECE);
+        // `read_to_end` reads into the spare capacity without zeroing it
+        // first (where the source can: files, pipes, stdin).
+        let item = match (&mut source).take(PIECE as u64).read_to_end(&mut buf) {
             Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(Bytes::from(buf))
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(_) => Ok(Bytes::from(buf)),
             Err(e) => Err(e),
         };
         let failed = item.is_err();
@@ -94,7 +90,7 @@ pub fn read_on_thread<R: Read + Send + 'static>(mut source: R) -> impl AsyncRead
             return;
         }
     });
-    channel_reader(rx)
+    channel_pieces(rx)
 }
 
 /// Pieces smaller than this are gathered before being written.

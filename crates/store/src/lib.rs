@@ -18,7 +18,7 @@ pub mod proto;
 pub mod render;
 mod store;
 
-pub use bridge::{read_on_thread, ThreadWriterSink};
+pub use bridge::{read_pieces_on_thread, ThreadWriterSink};
 pub use pathinfo::{PathInfo, PathInfoError};
 pub use pathinfoservice::PathInfoService;
 pub use store::{check_content_address, GcSummary, NarDescription, Store, StoreError};

@@ -20,7 +20,7 @@ use cairn_nix::hash::{ContentAddress, FileIngestionMethod, NixHash};
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::store_path::{compute_ca_path, compute_source_path, References, StorePath};
 use cairn_nix::{Signature, SigningKey};
-use futures::TryStreamExt;
+use futures::{Stream, TryStreamExt};
 use thiserror::Error;
 use tokio::io::AsyncRead;
 
@@ -215,6 +215,24 @@ impl Store {
         self.add_as_source(ingested, name).await
     }
 
+    /// [`Store::import_nar_as_source`] for a NAR that arrives as owned
+    /// pieces (see [`crate::read_pieces_on_thread`]): parsed where they
+    /// lie, without a copy into a read buffer.
+    pub async fn import_nar_pieces_as_source<S>(
+        &self,
+        pieces: S,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<PathInfo, StoreError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
+    {
+        check_name(name)?;
+        let ingested =
+            ingest_nar_pieces(pieces, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
+        self.add_as_source(ingested, name).await
+    }
+
     /// Records an ingested tree as the `source` path `nix-store --add`
     /// gives it: named by its NAR hash, no references, CA `fixed:r:sha256`.
     async fn add_as_source(
@@ -256,6 +274,22 @@ impl Store {
         // Cheap checks first: a NAR that cannot be added is not read.
         self.check_description(&desc).await?;
         let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
+        self.finish_nar(ingested, desc).await
+    }
+
+    /// [`Store::import_nar`] for a NAR that arrives as owned pieces.
+    pub async fn import_nar_pieces<S>(
+        &self,
+        pieces: S,
+        desc: NarDescription,
+        progress: &dyn Progress,
+    ) -> Result<PathInfo, StoreError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
+    {
+        self.check_description(&desc).await?;
+        let ingested =
+            ingest_nar_pieces(pieces, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
         self.finish_nar(ingested, desc).await
     }
 

@@ -7,9 +7,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use cairn_castore::import::NoProgress;
 use cairn_castore::Node;
 use cairn_nix::hash::NixHash;
@@ -18,8 +18,9 @@ use cairn_nix::StorePath;
 use cairn_store::compression::{self, Compression};
 use cairn_store::{NarDescription, PathInfo, Store};
 use clap::Args;
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 
 use crate::progress::Bar;
 use crate::services::ServiceArgs;
@@ -191,45 +192,65 @@ fn default_name(path: &Path) -> Result<String> {
     })
 }
 
-/// Counts bytes read into a progress bar.
-struct Counting<R> {
-    inner: R,
-    bar: Arc<Bar>,
+/// A NAR file (or stdin) read on a thread of its own, in owned pieces
+/// counted into a progress bar. tokio's file and stdin types would hop to
+/// the blocking pool for every read.
+type Pieces = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+struct NarInput {
+    /// What the first bytes say the input is.
+    sniffed: Option<Compression>,
+    pieces: Pieces,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.bar.advance((buf.filled().len() - before) as u64);
-        r
+impl NarInput {
+    async fn open(path: &Path, bar: Arc<Bar>) -> Result<NarInput> {
+        let raw = if path.as_os_str() == "-" {
+            cairn_store::read_pieces_on_thread(std::io::stdin()).left_stream()
+        } else {
+            let f = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            if let Ok(meta) = f.metadata() {
+                bar.set_total(meta.len());
+            }
+            cairn_store::read_pieces_on_thread(f).right_stream()
+        };
+        // Fused: after an empty input's end, the chain below asks once more.
+        let mut counted = raw
+            .inspect_ok(move |piece| bar.advance(piece.len() as u64))
+            .fuse();
+        // A piece is all of the input or 256 KiB of it: enough to sniff.
+        let first = counted
+            .try_next()
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .unwrap_or_default();
+        let sniffed = Compression::sniff(&first);
+        let pieces = futures::stream::iter([Ok(first)]).chain(counted);
+        Ok(NarInput {
+            sniffed,
+            pieces: Box::pin(pieces),
+        })
     }
-}
 
-fn open_input(
-    path: &Path,
-    bar: Arc<Bar>,
-) -> Result<BufReader<Counting<Box<dyn AsyncRead + Unpin + Send>>>> {
-    // Read on a thread of its own: tokio's file and stdin types hop to the
-    // blocking pool for every read.
-    let raw: Box<dyn AsyncRead + Unpin + Send> = if path.as_os_str() == "-" {
-        Box::new(cairn_store::read_on_thread(std::io::stdin()))
-    } else {
-        let f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        if let Ok(meta) = f.metadata() {
-            bar.set_total(meta.len());
+    /// The plain NAR's pieces, or `None` if `compression` (or, when not
+    /// given, the first bytes) says it must be decompressed first.
+    fn into_plain(self, compression: Option<Compression>) -> Result<Pieces, NarInput> {
+        match compression.or(self.sniffed) {
+            Some(Compression::None) => Ok(self.pieces),
+            _ => Err(self),
         }
-        Box::new(cairn_store::read_on_thread(f))
-    };
-    Ok(BufReader::with_capacity(
-        256 * 1024,
-        Counting { inner: raw, bar },
-    ))
+    }
+
+    /// The NAR, decompressed as `compression` (or the first bytes) says;
+    /// input in no known format is passed on as it is, for the NAR parser
+    /// to reject.
+    fn into_reader(self, compression: Option<Compression>) -> Box<dyn AsyncRead + Unpin + Send> {
+        let found = compression.or(self.sniffed).unwrap_or(Compression::None);
+        let buffered =
+            BufReader::with_capacity(256 * 1024, tokio_util::io::StreamReader::new(self.pieces));
+        compression::decoder(buffered, found)
+    }
 }
 
 pub fn import_nar(a: ImportNarArgs) -> Result<()> {
@@ -240,14 +261,19 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
             None => {
                 let name = a.name.as_deref().context("--name or --narinfo is required")?;
                 let file = a.nar.clone().unwrap_or_else(|| PathBuf::from("-"));
-                let input = open_input(&file, bar.clone())?;
-                let nar = compression::sniffing_decoder(input)
-                    .await
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                store
-                    .import_nar_as_source(nar, name, &NoProgress)
-                    .await
-                    .with_context(|| format!("cannot add the NAR {}", file.display()))?
+                let added = match NarInput::open(&file, bar.clone()).await?.into_plain(None) {
+                    Ok(pieces) => {
+                        store
+                            .import_nar_pieces_as_source(pieces, name, &NoProgress)
+                            .await
+                    }
+                    Err(input) => {
+                        store
+                            .import_nar_as_source(input.into_reader(None), name, &NoProgress)
+                            .await
+                    }
+                };
+                added.with_context(|| format!("cannot add the NAR {}", file.display()))?
             }
             Some(narinfo_path) => {
                 let text = std::fs::read_to_string(narinfo_path)
@@ -273,19 +299,18 @@ pub fn import_nar(a: ImportNarArgs) -> Result<()> {
                         (base.join(url), Some(c))
                     }
                 };
-                let input = open_input(&file, bar.clone())?;
-                let nar = match compression {
-                    Some(c) => compression::decoder(input, c),
-                    None => {
-                        compression::sniffing_decoder(input)
-                            .await
-                            .with_context(|| format!("cannot read {}", file.display()))?
+                let desc = NarDescription::from(&narinfo);
+                let added = match NarInput::open(&file, bar.clone())
+                    .await?
+                    .into_plain(compression)
+                {
+                    Ok(pieces) => store.import_nar_pieces(pieces, desc, &NoProgress).await,
+                    Err(input) => {
+                        let nar = input.into_reader(compression);
+                        store.import_nar(nar, desc, &NoProgress).await
                     }
                 };
-                store
-                    .import_nar(nar, NarDescription::from(&narinfo), &NoProgress)
-                    .await
-                    .with_context(|| format!("cannot import {}", narinfo_path.display()))?
+                added.with_context(|| format!("cannot import {}", narinfo_path.display()))?
             }
         };
         bar.finish();
