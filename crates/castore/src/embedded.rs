@@ -12,7 +12,7 @@
 //! file's header must not leave a file that is not a database where the
 //! store expects one (every later open would fail on it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError};
@@ -61,15 +61,18 @@ pub fn open_redb(path: &Path) -> Result<Database, Error> {
     }
 }
 
+/// How old a creation's temporary file must be before another process
+/// removes it: creating an empty database takes milliseconds, so one this
+/// old was abandoned even where `/proc` cannot show its creator (another
+/// pid namespace, `hidepid`, another host on a shared file system).
+const ABANDONED_AFTER: Duration = Duration::from_secs(10 * 60);
+
 /// Removes the temporary files of creations that a killed process left
-/// behind (`.NAME.new-PID` whose process is gone). Only where `/proc`
-/// can say which processes exist; a file whose pid is alive again (pids
-/// are reused) stays, which costs a few KiB and nothing else.
+/// behind (`.NAME.new-PID-TAG`): those older than [`ABANDONED_AFTER`]
+/// whose pid, where `/proc` can tell, is gone.
 fn remove_abandoned_creations(dir: &Path, name: &std::ffi::OsStr) {
     let proc_root = Path::new("/proc");
-    if !proc_root.join("self").exists() {
-        return;
-    }
+    let proc_known = proc_root.join("self").exists();
     let prefix = format!(".{}.new-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -79,16 +82,52 @@ fn remove_abandoned_creations(dir: &Path, name: &std::ffi::OsStr) {
         let Some(pid) = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
+            .map(|rest| rest.split_once('-').map_or(rest, |(pid, _)| pid))
             .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
         else {
             continue;
         };
-        if !proc_root.join(pid).exists() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER);
+        if old && !(proc_known && proc_root.join(pid).exists()) {
             tracing::debug!(
                 "removing {}, left by a killed process",
                 entry.path().display()
             );
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Makes a new, empty file beside `path` for a creation to write in,
+/// named `.NAME.new-PID-TAG`; exclusive, so that two creators never share
+/// one (pids repeat across namespaces and hosts).
+fn creation_file(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let pid = std::process::id();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut attempt = 0u32;
+    loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".new-{pid}-{clock:x}{attempt}"));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -105,18 +144,22 @@ fn create_whole(path: &Path) -> Result<(), Error> {
         || std::ffi::OsString::from("db"),
         std::ffi::OsStr::to_os_string,
     );
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(format!(".new-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    // A leftover of this pid's earlier life (pids are reused) is junk.
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let db = Database::create(&tmp).map_err(|e| failed("cannot create", &e))?;
+    let (tmp, file) =
+        creation_file(dir, &name).map_err(|e| failed("cannot create a temporary file", &e))?;
+    let written = (|| {
+        let backend =
+            redb::backends::FileBackend::new(file).map_err(|e| failed("cannot create", &e))?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| failed("cannot create", &e))?;
         let txn = db
             .begin_write()
             .map_err(|e| failed("cannot initialise", &e))?;
-        txn.commit().map_err(|e| failed("cannot initialise", &e))?;
+        txn.commit().map_err(|e| failed("cannot initialise", &e))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
@@ -157,21 +200,38 @@ mod tests {
         let dead = child.id();
         child.wait().unwrap();
         let left = |suffix: &str| dir.path().join(format!(".x.redb.new-{suffix}"));
-        for suffix in [dead.to_string(), "1".into(), "backup".into()] {
-            std::fs::write(left(&suffix), b"half a header").unwrap();
+        let backdate = |suffix: &str| {
+            std::fs::File::options()
+                .write(true)
+                .open(left(suffix))
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - ABANDONED_AFTER * 2)
+                .unwrap();
+        };
+        let old_dead = format!("{dead}-1f");
+        let young_dead = format!("{dead}-2e");
+        for suffix in [&old_dead, &young_dead, "1-3d", "backup"] {
+            std::fs::write(left(suffix), b"half a header").unwrap();
+        }
+        for suffix in [&old_dead, "1-3d", "backup"] {
+            backdate(suffix);
         }
 
         drop(open_redb(&dir.path().join("x.redb")).unwrap());
-        assert!(
-            !left(&dead.to_string()).exists(),
-            "a dead creator's file stays"
-        );
-        // Also when the database itself was linked into place before the kill.
-        std::fs::write(left(&dead.to_string()), b"a whole database").unwrap();
-        drop(open_redb(&dir.path().join("x.redb")).unwrap());
-        assert!(!left(&dead.to_string()).exists());
+        assert!(!left(&old_dead).exists(), "a dead creator's file stays");
+        // Young: its creator may live where /proc cannot show it.
+        assert!(left(&young_dead).exists());
         // pid 1 is alive, and a name that is no pid is not ours to judge.
-        assert!(left("1").exists());
+        assert!(left("1-3d").exists());
         assert!(left("backup").exists());
+
+        // Also when the database itself was linked into place before the
+        // kill, and under the pid-only names of earlier versions.
+        for suffix in [old_dead.clone(), dead.to_string()] {
+            std::fs::write(left(&suffix), b"a whole database").unwrap();
+            backdate(&suffix);
+            drop(open_redb(&dir.path().join("x.redb")).unwrap());
+            assert!(!left(&suffix).exists(), "{suffix} stays");
+        }
     }
 }
