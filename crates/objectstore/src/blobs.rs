@@ -108,12 +108,14 @@ pub(crate) struct Spared {
 /// it deletes, and meanwhile another front end may have rewritten an old
 /// object to refer to it (uploads refresh objects older than
 /// [`REFRESH_AFTER`]). So each object's age is asked again right before
-/// its delete, and one now younger than `grace` is spared. What is left
-/// is the moment between that question and the delete, not the whole run.
+/// its delete, and one written after `cutoff` (the collection's start
+/// less its grace period: a fixed instant, so a long collection does not
+/// shrink the protection) is spared. What is left is the moment between
+/// that question and the delete, not the whole run.
 pub(crate) async fn delete_unless_refreshed(
     store: &Arc<dyn ObjectStore>,
     doomed: Vec<(Path, u64)>,
-    grace: Duration,
+    cutoff: chrono::DateTime<chrono::Utc>,
     window: usize,
 ) -> Result<Spared, Error> {
     futures::stream::iter(doomed)
@@ -121,7 +123,7 @@ pub(crate) async fn delete_unless_refreshed(
             let store = store.clone();
             async move {
                 match store.head(&key).await {
-                    Ok(meta) if chrono_age(meta.last_modified) < grace => Ok(Some(size)),
+                    Ok(meta) if meta.last_modified > cutoff => Ok(Some(size)),
                     Ok(_) => delete(store.as_ref(), &key).await.map(|()| None),
                     // Gone already (another collection): nothing to do.
                     Err(e) if is_not_found(&e) => Ok(None),
@@ -342,6 +344,15 @@ impl ObjectBlobService {
     }
 }
 
+/// The instant before which an object written is old enough to collect:
+/// now less `grace`.
+pub(crate) fn cutoff_for(grace: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::TimeDelta::from_std(grace)
+        .ok()
+        .and_then(|g| chrono::Utc::now().checked_sub_signed(g))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
 /// How long ago `t` was (zero if in the future: clocks differ).
 pub(crate) fn chrono_age(t: chrono::DateTime<chrono::Utc>) -> Duration {
     (chrono::Utc::now() - t).to_std().unwrap_or_default()
@@ -499,6 +510,7 @@ impl BlobService for ObjectBlobService {
         grace: Duration,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
+        let cutoff = cutoff_for(grace);
         let lists = self.objects(LISTS).await?;
         let chunks = self.objects(CHUNKS).await?;
         // Live chunks: live blobs of one chunk, and the chunks of live
@@ -542,11 +554,11 @@ impl BlobService for ObjectBlobService {
             // Lists first, all of them: a blob disappears before any of
             // its chunks. Within each kind, many deletes at once.
             let lists =
-                delete_unless_refreshed(&self.store, doomed_lists, grace, DELETES_IN_FLIGHT)
+                delete_unless_refreshed(&self.store, doomed_lists, cutoff, DELETES_IN_FLIGHT)
                     .await?;
             account_spared(&mut report, lists);
             let chunks =
-                delete_unless_refreshed(&self.store, doomed_chunks, grace, DELETES_IN_FLIGHT)
+                delete_unless_refreshed(&self.store, doomed_chunks, cutoff, DELETES_IN_FLIGHT)
                     .await?;
             account_spared(&mut report, chunks);
         }
@@ -736,8 +748,8 @@ mod tests {
             .unwrap();
 
         let doomed = keys.iter().map(|k| (k.clone(), 5)).collect();
-        let grace = Duration::from_secs(3600);
-        let spared = delete_unless_refreshed(&store, doomed, grace, 4)
+        let cutoff = cutoff_for(Duration::from_secs(3600));
+        let spared = delete_unless_refreshed(&store, doomed, cutoff, 4)
             .await
             .unwrap();
 
@@ -754,7 +766,7 @@ mod tests {
 
         // A key some other collection deleted first is no error.
         let again = vec![(keys[0].clone(), 5)];
-        let spared = delete_unless_refreshed(&store, again, grace, 4)
+        let spared = delete_unless_refreshed(&store, again, cutoff, 4)
             .await
             .unwrap();
         assert_eq!(spared, Spared::default());

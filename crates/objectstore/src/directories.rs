@@ -24,7 +24,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{account_spared, chrono_age, delete_unless_refreshed, get_opt, storage};
+use crate::blobs::{
+    account_spared, chrono_age, cutoff_for, delete_unless_refreshed, get_opt, storage,
+};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -197,6 +199,7 @@ impl DirectoryService for ObjectDirectoryService {
         // Other front ends may be importing into the bucket right now: a
         // closure they put is unreachable until their PathInfo lands, and
         // every put rewrites the object, so its age is since the last one.
+        let cutoff = cutoff_for(grace);
         let mut report = GcReport::default();
         let mut doomed = Vec::new();
         for (key, digest, size, age) in self.keys().await? {
@@ -214,7 +217,7 @@ impl DirectoryService for ObjectDirectoryService {
         }
         if !dry_run {
             // In any order: no live directory refers to a doomed one.
-            let spared = delete_unless_refreshed(&self.store, doomed, grace, WINDOW).await?;
+            let spared = delete_unless_refreshed(&self.store, doomed, cutoff, WINDOW).await?;
             account_spared(&mut report, spared);
         }
         Ok(report)

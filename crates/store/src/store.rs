@@ -453,6 +453,19 @@ impl Store {
         grace: Duration,
         dry_run: bool,
     ) -> Result<GcSummary, StoreError> {
+        // Whatever was written within `grace` of this instant is kept,
+        // however long the marking below takes: an import whose PathInfo
+        // lands after the listing is protected for `grace` from its
+        // writes, not from whenever a backend gets round to deleting.
+        let started = std::time::Instant::now();
+        // Zero stays zero: no grace at all, whatever backends round to.
+        let grace_now = || {
+            if grace.is_zero() {
+                grace
+            } else {
+                grace + started.elapsed()
+            }
+        };
         let mut live_dirs: HashSet<B3Digest> = HashSet::new();
         let mut live_blobs: HashSet<B3Digest> = HashSet::new();
         let mut summary = GcSummary::default();
@@ -492,7 +505,7 @@ impl Store {
         // not write again: an old blob, or a subtree `cairn copy` saw was
         // there).
         let mut kept_young: HashSet<B3Digest> = HashSet::new();
-        for root in self.dirs.written_within(grace).await? {
+        for root in self.dirs.written_within(grace_now()).await? {
             if live_dirs.contains(&root) || kept_young.contains(&root) {
                 continue;
             }
@@ -515,7 +528,7 @@ impl Store {
         // Directories first: no directory ever refers to a deleted blob.
         summary.directories = self
             .dirs
-            .collect_garbage(&live_dirs, grace, dry_run)
+            .collect_garbage(&live_dirs, grace_now(), dry_run)
             .await?;
         // Reported as what they are: unreachable, kept for their age.
         let kept = kept_young.len() as u64;
@@ -523,7 +536,7 @@ impl Store {
         summary.directories.young += kept;
         summary.blobs = self
             .blobs
-            .collect_garbage(&live_blobs, grace, dry_run)
+            .collect_garbage(&live_blobs, grace_now(), dry_run)
             .await?;
         Ok(summary)
     }
