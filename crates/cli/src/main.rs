@@ -143,8 +143,9 @@ fn init_logging(verbose: u8) {
 /// Setting the threshold also pins glibc's trim threshold at 128 KiB, so
 /// the free top of a heap went back to the kernel after every few
 /// buffers and was faulted in again (zeroed) for the next; keeping up to
-/// 16 MiB of it per arena took 5–10 % off `cairn import` of large files
-/// and off a daemon receiving them, for at most 32 MiB more resident.
+/// 16 MiB of it per arena took some 7 % of a daemon's CPU receiving a
+/// large import (1 % of the direct import's), for at most 32 MiB more
+/// resident (BENCHMARKS.md, the grpc section).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_allocator() {

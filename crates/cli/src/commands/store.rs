@@ -20,7 +20,7 @@ use cairn_store::{NarDescription, PathInfo, Store};
 use clap::Args;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::progress::Bar;
 use crate::services::ServiceArgs;
@@ -192,11 +192,12 @@ fn default_name(path: &Path) -> Result<String> {
     })
 }
 
+/// Owned pieces of a NAR, as read.
+type Pieces = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
 /// A NAR file (or stdin) read on a thread of its own, in owned pieces
 /// counted into a progress bar. tokio's file and stdin types would hop to
 /// the blocking pool for every read.
-type Pieces = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
-
 struct NarInput {
     /// What the first bytes say the input is.
     sniffed: Option<Compression>,
@@ -247,9 +248,8 @@ impl NarInput {
     /// to reject.
     fn into_reader(self, compression: Option<Compression>) -> Box<dyn AsyncRead + Unpin + Send> {
         let found = compression.or(self.sniffed).unwrap_or(Compression::None);
-        let buffered =
-            BufReader::with_capacity(256 * 1024, tokio_util::io::StreamReader::new(self.pieces));
-        compression::decoder(buffered, found)
+        // Already buffered: it lends out each piece in turn.
+        compression::decoder(tokio_util::io::StreamReader::new(self.pieces), found)
     }
 }
 
