@@ -91,9 +91,9 @@ enum Command {
     Mount(commands::mount::MountArgs),
     /// Serve the same lazy filesystem to a virtual machine, as a vhost-user virtio-fs device.
     ///
-    /// Creates SOCKET and waits for the VMM to connect; stops on SIGTERM or
-    /// SIGINT (a VMM that disconnects does not end it). The guest mounts it
-    /// with `mount -t virtiofs TAG DIR`.
+    /// Creates SOCKET and serves one VMM; stops when it disconnects, or on
+    /// SIGTERM or SIGINT. The guest mounts it with `mount -t virtiofs TAG
+    /// DIR`.
     Virtiofs(commands::virtiofs::VirtiofsArgs),
     /// Work with NAR archives: dump, restore, hash and list them.
     #[command(subcommand)]

@@ -134,3 +134,58 @@ fn a_mount_unmounted_from_outside_ends_quietly() {
     assert!(stderr.contains("was unmounted"), "{stderr}");
     assert!(!stderr.contains("WARN"), "{stderr}");
 }
+
+#[test]
+fn virtiofs_serves_one_vmm_and_ends_when_it_disconnects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("file"), b"for a guest\n").unwrap();
+    run_ok(
+        cairn()
+            .arg("import")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(&tree),
+    );
+    let socket = tmp.path().join("fs.sock");
+    let log = tmp.path().join("virtiofs.log");
+    let mut child = cairn()
+        .arg("virtiofs")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "cairn virtiofs never made its socket"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "cairn virtiofs ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A VMM that connects and goes away (a guest shut down).
+    drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "cairn virtiofs still runs after its VMM disconnected: {}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("the VMM disconnected"), "{stderr}");
+    assert!(!socket.exists(), "the socket stays behind");
+}

@@ -22,6 +22,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::StoreFs;
 
@@ -47,6 +48,10 @@ struct Backend {
     server: Arc<Server<Arc<StoreFs>>>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     event_idx: bool,
+    /// Written by the library when the VMM has gone: the queue thread
+    /// watches it and ends. Without one it would wait on the queues
+    /// forever, and the device with it.
+    exit: EventFd,
 }
 
 fn invalid(what: impl std::fmt::Display) -> io::Error {
@@ -108,6 +113,16 @@ impl VhostUserBackendMut for Backend {
         VhostUserProtocolFeatures::MQ
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<EventFd> {
+        match self.exit.try_clone() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "no exit event: the device will outlive its VMM");
+                None
+            }
+        }
+    }
+
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }
@@ -154,10 +169,13 @@ pub fn serve_virtiofs(fs: StoreFs, socket: &Path) -> Result<(), VirtioFsError> {
         socket: socket.display().to_string(),
         reason,
     };
+    let exit =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| failed(format!("cannot make an eventfd: {e}")))?;
     let backend = Arc::new(RwLock::new(Backend {
         server: Arc::new(Server::new(Arc::new(fs))),
         mem: None,
         event_idx: false,
+        exit,
     }));
     let mut daemon = VhostUserDaemon::new(
         "cairn-virtiofs".to_owned(),

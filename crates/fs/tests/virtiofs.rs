@@ -62,7 +62,20 @@ fn a_vmm_completes_the_vhost_user_handshake() {
         .unwrap();
     assert_eq!(vmm.get_queue_num().unwrap(), 2);
 
-    // The device is still serving (it ends with the process; see
-    // `cairn virtiofs`, which stops on SIGTERM).
+    // Connected, the device keeps serving.
+    std::thread::sleep(Duration::from_millis(200));
     assert!(!serving.is_finished());
+
+    // A VMM that goes away ends it, without an error.
+    drop(vmm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !serving.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the device still serves 10 s after the VMM disconnected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let served = serving.join().unwrap();
+    assert!(served.is_ok(), "{served:?}");
 }

@@ -48,7 +48,7 @@ pub fn run(a: VirtiofsArgs) -> Result<()> {
         }
         Some(Err(_)) => anyhow::bail!("the virtio-fs device thread failed"),
     }
-    // The vhost-user library's queue threads may outlive the device: end
-    // the process rather than wait for them.
+    // On a signal the device thread is still serving: end the process
+    // rather than wait for it.
     std::process::exit(0)
 }
