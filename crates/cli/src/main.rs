@@ -143,7 +143,7 @@ fn init_logging(verbose: u8) {
 /// Setting the threshold also pins glibc's trim threshold at 128 KiB, so
 /// the free top of a heap went back to the kernel after every few
 /// buffers and was faulted in again (zeroed) for the next; keeping up to
-/// 16 MiB of it per arena took some 7 % of a daemon's CPU receiving a
+/// 16 MiB of it per arena took some 6 % of a daemon's CPU receiving a
 /// large import (1 % of the direct import's), for at most 32 MiB more
 /// resident (BENCHMARKS.md, the grpc section).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

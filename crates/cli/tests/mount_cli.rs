@@ -169,8 +169,19 @@ fn virtiofs_serves_one_vmm_and_ends_when_it_disconnects() {
         assert!(child.try_wait().unwrap().is_none(), "cairn virtiofs ended");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A VMM that connects and goes away (a guest shut down).
-    drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+    // A VMM that connects and goes away (a guest shut down). The socket
+    // may exist a moment before it listens.
+    let vmm = loop {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(Instant::now() < deadline, "cairn virtiofs never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", socket.display()),
+        }
+    };
+    drop(vmm);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;

@@ -22,7 +22,7 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::StoreFs;
 
@@ -169,8 +169,8 @@ pub fn serve_virtiofs(fs: StoreFs, socket: &Path) -> Result<(), VirtioFsError> {
         socket: socket.display().to_string(),
         reason,
     };
-    let exit =
-        EventFd::new(EFD_NONBLOCK).map_err(|e| failed(format!("cannot make an eventfd: {e}")))?;
+    let exit = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)
+        .map_err(|e| failed(format!("cannot make an eventfd: {e}")))?;
     let backend = Arc::new(RwLock::new(Backend {
         server: Arc::new(Server::new(Arc::new(fs))),
         mem: None,

@@ -1,8 +1,9 @@
 //! The virtio-fs device over a real Unix socket, driven by the vhost
 //! crate's own VMM-side client: the vhost-user handshake (owner,
 //! features, protocol features, queue count) completes with what a
-//! virtio-fs device must offer. (A full guest boot under QEMU is not
-//! part of the test suite.)
+//! virtio-fs device must offer, and the device ends when that client
+//! disconnects. (A full guest boot under QEMU is not part of the test
+//! suite.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -115,7 +115,7 @@ pub(crate) struct Spared {
 pub(crate) async fn delete_unless_refreshed(
     store: &Arc<dyn ObjectStore>,
     doomed: Vec<(Path, u64)>,
-    cutoff: chrono::DateTime<chrono::Utc>,
+    cutoff: Written,
     window: usize,
 ) -> Result<Spared, Error> {
     futures::stream::iter(doomed)
@@ -328,29 +328,35 @@ impl ObjectBlobService {
     }
 
     /// Every object of `kind` with its digest, size and age.
-    async fn objects(&self, kind: &str) -> Result<Vec<(Path, B3Digest, u64, Duration)>, Error> {
+    async fn objects(&self, kind: &str) -> Result<Vec<(Path, B3Digest, u64, Written)>, Error> {
         let prefix = self.layout.kind(kind);
         self.store
             .list(Some(&prefix))
             .map_err(|e| storage(&prefix, e))
             .try_filter_map(|meta| async move {
-                Ok(Layout::digest_of(&meta.location).map(|d| {
-                    let age = chrono_age(meta.last_modified);
-                    (meta.location, d, meta.size, age)
-                }))
+                Ok(Layout::digest_of(&meta.location)
+                    .map(|d| (meta.location, d, meta.size, meta.last_modified)))
             })
             .try_collect()
             .await
     }
 }
 
-/// The instant before which an object written is old enough to collect:
-/// now less `grace`.
-pub(crate) fn cutoff_for(grace: Duration) -> chrono::DateTime<chrono::Utc> {
+/// When an object was last written, by the bucket's clock.
+pub(crate) type Written = chrono::DateTime<chrono::Utc>;
+
+/// The instant after which a write makes an object too young to collect:
+/// now less `grace`, taken once per collection so that a long listing
+/// does not shrink the protection. A grace of zero spares nothing, not
+/// even an object whose bucket clock runs ahead of this host's.
+pub(crate) fn cutoff_for(grace: Duration) -> Written {
+    if grace.is_zero() {
+        return Written::MAX_UTC;
+    }
     chrono::TimeDelta::from_std(grace)
         .ok()
         .and_then(|g| chrono::Utc::now().checked_sub_signed(g))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+        .unwrap_or(Written::MIN_UTC)
 }
 
 /// How long ago `t` was (zero if in the future: clocks differ).
@@ -532,13 +538,13 @@ impl BlobService for ObjectBlobService {
         }
         drop(live_lists);
         let mut report = GcReport::default();
-        let mut judge = |objects: Vec<(Path, B3Digest, u64, Duration)>,
+        let mut judge = |objects: Vec<(Path, B3Digest, u64, Written)>,
                          is_live: &dyn Fn(&B3Digest) -> bool| {
             let mut doomed = Vec::new();
-            for (key, digest, size, age) in objects {
+            for (key, digest, size, written) in objects {
                 if is_live(&digest) {
                     report.live += 1;
-                } else if age < grace {
+                } else if written > cutoff {
                     report.young += 1;
                 } else {
                     report.deleted += 1;
@@ -763,6 +769,18 @@ mod tests {
         assert!(!exists(store.as_ref(), &keys[0]).await.unwrap());
         assert!(!exists(store.as_ref(), &keys[1]).await.unwrap());
         assert!(exists(store.as_ref(), &keys[2]).await.unwrap());
+
+        // With no grace at all, even an object written a moment ago goes.
+        let spared = delete_unless_refreshed(
+            &store,
+            vec![(keys[2].clone(), 5)],
+            cutoff_for(Duration::ZERO),
+            4,
+        )
+        .await
+        .unwrap();
+        assert_eq!(spared, Spared::default());
+        assert!(!exists(store.as_ref(), &keys[2]).await.unwrap());
 
         // A key some other collection deleted first is no error.
         let again = vec![(keys[0].clone(), 5)];

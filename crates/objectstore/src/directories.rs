@@ -25,7 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::OnceCell;
 
 use crate::blobs::{
-    account_spared, chrono_age, cutoff_for, delete_unless_refreshed, get_opt, storage,
+    account_spared, cutoff_for, delete_unless_refreshed, get_opt, storage, Written,
 };
 use crate::layout::{Layout, DIRECTORIES};
 
@@ -125,16 +125,15 @@ impl ObjectDirectoryService {
         Ok(Some(dir))
     }
 
-    /// Every directory key with its digest, size and age (since its
-    /// last put).
-    async fn keys(&self) -> Result<Vec<(Path, B3Digest, u64, Duration)>, Error> {
+    /// Every directory key with its digest, size and last put.
+    async fn keys(&self) -> Result<Vec<(Path, B3Digest, u64, Written)>, Error> {
         let prefix = self.layout.kind(DIRECTORIES);
         self.store
             .list(Some(&prefix))
             .map_err(|e| storage(&prefix, e))
             .try_filter_map(|meta| async move {
-                let age = chrono_age(meta.last_modified);
-                Ok(Layout::digest_of(&meta.location).map(|d| (meta.location, d, meta.size, age)))
+                Ok(Layout::digest_of(&meta.location)
+                    .map(|d| (meta.location, d, meta.size, meta.last_modified)))
             })
             .try_collect()
             .await
@@ -202,12 +201,12 @@ impl DirectoryService for ObjectDirectoryService {
         let cutoff = cutoff_for(grace);
         let mut report = GcReport::default();
         let mut doomed = Vec::new();
-        for (key, digest, size, age) in self.keys().await? {
+        for (key, digest, size, written) in self.keys().await? {
             if live.contains(&digest) {
                 report.live += 1;
                 continue;
             }
-            if age < grace {
+            if written > cutoff {
                 report.young += 1;
                 continue;
             }
@@ -224,11 +223,12 @@ impl DirectoryService for ObjectDirectoryService {
     }
 
     async fn written_within(&self, grace: Duration) -> Result<Vec<B3Digest>, Error> {
+        let cutoff = cutoff_for(grace);
         Ok(self
             .keys()
             .await?
             .into_iter()
-            .filter(|(_, _, _, age)| *age < grace)
+            .filter(|(_, _, _, written)| *written > cutoff)
             .map(|(_, digest, _, _)| digest)
             .collect())
     }

@@ -463,7 +463,7 @@ impl Store {
             if grace.is_zero() {
                 grace
             } else {
-                grace + started.elapsed()
+                grace.saturating_add(started.elapsed())
             }
         };
         let mut live_dirs: HashSet<B3Digest> = HashSet::new();
