@@ -61,6 +61,18 @@ pub fn open_redb(path: &Path) -> Result<Database, Error> {
     }
 }
 
+/// Whether every table `check` opens exists already, asked in a read
+/// transaction: a process that finds its tables need not commit a write
+/// (two fdatasyncs) just to create them. Any error reads as "no", and
+/// the caller's write transaction then creates them or reports it.
+pub fn tables_exist(
+    db: &Database,
+    check: impl FnOnce(&redb::ReadTransaction) -> Result<(), redb::TableError>,
+) -> bool {
+    use redb::ReadableDatabase;
+    db.begin_read().is_ok_and(|txn| check(&txn).is_ok())
+}
+
 /// How old a creation's temporary file must be before another process
 /// removes it: creating an empty database takes milliseconds, so one this
 /// old was abandoned even where `/proc` cannot show its creator (another

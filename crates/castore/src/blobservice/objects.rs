@@ -300,10 +300,15 @@ impl ObjectsBlobService {
         }
         fs::create_dir_all(root.join("packs"))?;
         let db = crate::embedded::open_redb(&root.join("index.redb"))?;
-        let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(CHUNKS).map_err(db_err)?;
-        txn.open_table(LISTS).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        if !crate::embedded::tables_exist(&db, |txn| {
+            txn.open_table(CHUNKS)?;
+            txn.open_table(LISTS).map(drop)
+        }) {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(CHUNKS).map_err(db_err)?;
+            txn.open_table(LISTS).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+        }
         Ok(ObjectsBlobService {
             inner: Arc::new(Inner {
                 root: root.to_owned(),

@@ -42,14 +42,13 @@ pub struct RedbDirectoryService {
 }
 
 impl RedbDirectoryService {
-    /// Opens or creates the database. `rule` is the size rule asked for:
-    /// a new database records it (default: documented); an existing one
-    /// must match it, or opening fails.
-    pub fn open(path: &Path, rule: Option<SizeRule>) -> Result<Self, Error> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let db = crate::embedded::open_redb(path)?;
+    /// Creates the tables of a new database (or completes an old one's)
+    /// and records `rule` if no rule is recorded yet; the rule in force.
+    fn create_tables(
+        db: &Database,
+        rule: Option<SizeRule>,
+        unknown: impl Fn(&str) -> Error,
+    ) -> Result<SizeRule, Error> {
         let txn = db.begin_write().map_err(db_err)?;
         let stored = {
             let mut settings = txn.open_table(SETTINGS).map_err(db_err)?;
@@ -60,9 +59,7 @@ impl RedbDirectoryService {
                 .map_err(db_err)?
                 .map(|v| v.value().to_owned());
             match stored {
-                Some(name) => SizeRule::parse(&name).ok_or_else(|| {
-                    Error::Storage(format!("{}: unknown size rule {name:?}", path.display()))
-                })?,
+                Some(name) => SizeRule::parse(&name).ok_or_else(|| unknown(&name))?,
                 None => {
                     let r = rule.unwrap_or_default();
                     settings.insert(SIZE_RULE_KEY, r.name()).map_err(db_err)?;
@@ -71,6 +68,37 @@ impl RedbDirectoryService {
             }
         };
         txn.commit().map_err(db_err)?;
+        Ok(stored)
+    }
+
+    /// Opens or creates the database. `rule` is the size rule asked for:
+    /// a new database records it (default: documented); an existing one
+    /// must match it, or opening fails.
+    pub fn open(path: &Path, rule: Option<SizeRule>) -> Result<Self, Error> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let db = crate::embedded::open_redb(path)?;
+        let unknown =
+            |name: &str| Error::Storage(format!("{}: unknown size rule {name:?}", path.display()));
+        // An existing database has its tables and its rule: read them
+        // without committing anything.
+        let mut found: Option<String> = None;
+        let ready = crate::embedded::tables_exist(&db, |txn| {
+            txn.open_table(DIRECTORIES)?;
+            txn.open_table(WRITTEN)?;
+            let settings = txn.open_table(SETTINGS)?;
+            found = settings
+                .get(SIZE_RULE_KEY)
+                .ok()
+                .flatten()
+                .map(|v| v.value().to_owned());
+            Ok(())
+        });
+        let stored = match found.filter(|_| ready) {
+            Some(name) => SizeRule::parse(&name).ok_or_else(|| unknown(&name))?,
+            None => Self::create_tables(&db, rule, unknown)?,
+        };
         if let Some(asked) = rule {
             if asked != stored {
                 return Err(Error::Storage(format!(
@@ -313,5 +341,43 @@ impl DirectoryPutter for RedbPutter {
         })
         .await?;
         Ok(root)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A database keeps the rule it was made with, whether it is opened
+    /// again by reading (tables all there) or by completing its tables.
+    #[test]
+    fn a_database_keeps_its_size_rule_and_refuses_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("castore.redb");
+        let made = RedbDirectoryService::open(&path, Some(SizeRule::TvixCompat)).unwrap();
+        assert_eq!(made.size_rule(), SizeRule::TvixCompat);
+        drop(made);
+
+        let again = RedbDirectoryService::open(&path, None).unwrap();
+        assert_eq!(again.size_rule(), SizeRule::TvixCompat);
+        drop(again);
+        let same = RedbDirectoryService::open(&path, Some(SizeRule::TvixCompat)).unwrap();
+        drop(same);
+        let Err(e) = RedbDirectoryService::open(&path, Some(SizeRule::Documented)) else {
+            panic!("opened with the other size rule");
+        };
+        assert!(e.to_string().contains("never mixes"), "{e}");
+
+        // A database whose tables an older Cairn never made gets them,
+        // with the rule it already records.
+        {
+            let db = crate::embedded::open_redb(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(WRITTEN).unwrap();
+            txn.commit().unwrap();
+        }
+        let completed = RedbDirectoryService::open(&path, None).unwrap();
+        assert_eq!(completed.size_rule(), SizeRule::TvixCompat);
     }
 }

@@ -38,9 +38,11 @@ impl RedbPathInfoService {
             std::fs::create_dir_all(parent).map_err(db_err)?;
         }
         let db = cairn_castore::embedded::open_redb(path)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(PATHINFOS).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        if !cairn_castore::embedded::tables_exist(&db, |txn| txn.open_table(PATHINFOS).map(drop)) {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(PATHINFOS).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
+        }
         Ok(RedbPathInfoService { db: Arc::new(db) })
     }
 }
