@@ -21,16 +21,14 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()))
 }
 
-#[test]
-fn mount_reads_the_store_and_unmounts_on_sigterm() {
-    if oracle("fusermount3").is_none() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let tree = tmp.path().join("tree");
-    fs::create_dir_all(tree.join("bin")).unwrap();
-    fs::write(tree.join("bin/hello"), b"#!/bin/sh\necho hello\n").unwrap();
+/// A data directory under `tmp` holding one imported tree with `file`
+/// (a relative path) of `contents`; its store path.
+fn store_with_one_file(tmp: &Path, file: &str, contents: &[u8]) -> (std::path::PathBuf, String) {
+    let data = tmp.join("data");
+    let tree = tmp.join("tree");
+    let file = tree.join(file);
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(file, contents).unwrap();
     let path = String::from_utf8(run_ok(
         cairn()
             .arg("import")
@@ -41,6 +39,16 @@ fn mount_reads_the_store_and_unmounts_on_sigterm() {
     .unwrap()
     .trim()
     .to_owned();
+    (data, path)
+}
+
+#[test]
+fn mount_reads_the_store_and_unmounts_on_sigterm() {
+    if oracle("fusermount3").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, path) = store_with_one_file(tmp.path(), "bin/hello", b"#!/bin/sh\necho hello\n");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let (mut child, at) = spawn_announcing(
@@ -89,17 +97,7 @@ fn a_mount_unmounted_from_outside_ends_quietly() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let tree = tmp.path().join("tree");
-    fs::create_dir(&tree).unwrap();
-    fs::write(tree.join("f"), b"x").unwrap();
-    run_ok(
-        cairn()
-            .arg("import")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg(&tree),
-    );
+    let (data, _) = store_with_one_file(tmp.path(), "f", b"x");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("stderr");
@@ -138,17 +136,7 @@ fn a_mount_unmounted_from_outside_ends_quietly() {
 #[test]
 fn virtiofs_serves_one_vmm_and_ends_when_it_disconnects() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let tree = tmp.path().join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("file"), b"for a guest\n").unwrap();
-    run_ok(
-        cairn()
-            .arg("import")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg(&tree),
-    );
+    let (data, _) = store_with_one_file(tmp.path(), "file", b"for a guest\n");
     let socket = tmp.path().join("fs.sock");
     let log = tmp.path().join("virtiofs.log");
     let mut child = cairn()

@@ -18,6 +18,16 @@ struct Env {
 }
 
 impl Env {
+    /// `cairn import-nar --name NAME -`, its stdin and stdout piped.
+    fn import_nar_from_stdin(&self, name: &str) -> std::process::Child {
+        self.cairn()
+            .args(["import-nar", "--name", name, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn new() -> Self {
         Env {
             dir: tempfile::tempdir().unwrap(),
@@ -367,13 +377,7 @@ fn import_nar_by_name_reads_files_and_stdin_alike() {
     // `tree` is the name `cairn import` gave it.
     let from_file = env.stdout(&["import-nar", "--name", "tree", nar_file.to_str().unwrap()]);
     assert_eq!(from_file.trim(), from_tree);
-    let mut child = env
-        .cairn()
-        .args(["import-nar", "--name", "tree", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.import_nar_from_stdin("tree");
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &nar).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -441,13 +445,7 @@ fn import_nar_reads_nars_of_many_pieces_and_refuses_empty_input() {
     let nar = run_ok(env.cairn().args(["nar", "dump"]).arg(&tree));
     let from_tree = env.import(&tree);
 
-    let mut child = env
-        .cairn()
-        .args(["import-nar", "--name", "tree", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.import_nar_from_stdin("tree");
     let mut stdin = child.stdin.take().unwrap();
     // In uneven writes, as a network stream would arrive.
     for part in nar.chunks(100_003) {
