@@ -239,8 +239,15 @@ pub async fn ingest_nar<R: AsyncRead + Unpin + Send>(
     dirs: &dyn DirectoryService,
     progress: &dyn Progress,
 ) -> Result<IngestedNar, IngestError> {
-    let pieces = tokio_util::io::ReaderStream::with_capacity(source, READ_BUFFER);
-    ingest_nar_pieces(pieces, blobs, dirs, progress).await
+    ingest_nar_pieces(pieces_of(source), blobs, dirs, progress).await
+}
+
+/// Any `AsyncRead` cut into owned pieces for [`ingest_nar_pieces`] (one
+/// copy, into each piece).
+pub(crate) fn pieces_of<R: AsyncRead + Unpin + Send>(
+    source: R,
+) -> impl Stream<Item = io::Result<Bytes>> + Unpin + Send {
+    tokio_util::io::ReaderStream::with_capacity(source, READ_BUFFER)
 }
 
 /// [`ingest_nar`] for a NAR that arrives as owned pieces (a tree dumped on

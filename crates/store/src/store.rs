@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::io::AsyncRead;
 
 use crate::bridge::{channel_pieces, ChannelWriter};
-use crate::ingest::{ingest_nar, ingest_nar_pieces, IngestError, IngestedNar};
+use crate::ingest::{ingest_nar_pieces, pieces_of, IngestError, IngestedNar};
 use crate::pathinfoservice::Error as PathInfoServiceError;
 use crate::render::{NarLayout, RenderError};
 use crate::{PathInfo, PathInfoService};
@@ -210,9 +210,8 @@ impl Store {
         name: &str,
         progress: &dyn Progress,
     ) -> Result<PathInfo, StoreError> {
-        check_name(name)?;
-        let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
-        self.add_as_source(ingested, name).await
+        self.import_nar_pieces_as_source(pieces_of(nar), name, progress)
+            .await
     }
 
     /// [`Store::import_nar_as_source`] for a NAR that arrives as owned
@@ -271,10 +270,7 @@ impl Store {
         desc: NarDescription,
         progress: &dyn Progress,
     ) -> Result<PathInfo, StoreError> {
-        // Cheap checks first: a NAR that cannot be added is not read.
-        self.check_description(&desc).await?;
-        let ingested = ingest_nar(nar, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
-        self.finish_nar(ingested, desc).await
+        self.import_nar_pieces(pieces_of(nar), desc, progress).await
     }
 
     /// [`Store::import_nar`] for a NAR that arrives as owned pieces.
@@ -287,6 +283,7 @@ impl Store {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Unpin + Send,
     {
+        // Cheap checks first: a NAR that cannot be added is not read.
         self.check_description(&desc).await?;
         let ingested =
             ingest_nar_pieces(pieces, self.blobs.clone(), self.dirs.as_ref(), progress).await?;
