@@ -12,7 +12,7 @@
 //! file's header must not leave a file that is not a database where the
 //! store expects one (every later open would fail on it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redb::{Database, DatabaseError};
@@ -115,33 +115,20 @@ fn remove_abandoned_creations(dir: &Path, name: &std::ffi::OsStr) {
     }
 }
 
-/// Makes a new, empty file beside `path` for a creation to write in,
-/// named `.NAME.new-PID-TAG`; exclusive, so that two creators never share
-/// one (pids repeat across namespaces and hosts).
-fn creation_file(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let pid = std::process::id();
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut attempt = 0u32;
-    loop {
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".new-{pid}-{clock:x}{attempt}"));
-        let tmp = dir.join(tmp_name);
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+/// A new, empty file in `dir` for a creation to write in, named
+/// `.NAME.new-PID-TAG` and made exclusively (pids repeat across
+/// namespaces and hosts); its name is removed when the path is dropped.
+fn creation_file(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.new-{}-",
+            name.to_string_lossy(),
+            std::process::id()
+        ))
+        // As a database created in place would be (the umask applies).
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }
 
 /// Creates an empty database at `path` atomically: written and synced
@@ -156,8 +143,9 @@ fn create_whole(path: &Path) -> Result<(), Error> {
         || std::ffi::OsString::from("db"),
         std::ffi::OsStr::to_os_string,
     );
-    let (tmp, file) =
-        creation_file(dir, &name).map_err(|e| failed("cannot create a temporary file", &e))?;
+    let (file, tmp) = creation_file(dir, &name)
+        .map_err(|e| failed("cannot create a temporary file", &e))?
+        .into_parts();
     let written = (|| {
         let backend =
             redb::backends::FileBackend::new(file).map_err(|e| failed("cannot create", &e))?;
@@ -169,12 +157,10 @@ fn create_whole(path: &Path) -> Result<(), Error> {
             .map_err(|e| failed("cannot initialise", &e))?;
         txn.commit().map_err(|e| failed("cannot initialise", &e))
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    written?;
     let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
+    // The temporary name goes either way.
+    drop(tmp);
     match linked {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
