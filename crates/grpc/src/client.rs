@@ -382,7 +382,9 @@ impl BlobService for GrpcBlobService {
         // The request ends only when `close` says so. A writer dropped
         // unclosed also closes the channel, but then the stream never
         // ends: the aborted call resets it instead, and the daemon
-        // stores nothing (a clean end would store the part sent).
+        // stores nothing (a clean end would store the part sent). A
+        // tonic server reads that reset as a clean end unless told not
+        // to: Cairn's daemon is (`transport::ResetIsNotEndLayer`).
         let ended = finished.clone();
         let mut rx = rx;
         let chunks = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {

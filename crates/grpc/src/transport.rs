@@ -180,6 +180,58 @@ where
     }
 }
 
+/// Makes a client's reset of a request stream an error for the handler.
+///
+/// tonic hands a handler the end of a request stream, not an error, when
+/// the client resets it with `CANCEL` (hyperium/tonic#848). A client that
+/// drops an unfinished upload does exactly that, and the protocol's only
+/// "done" signal is the end of the stream: `BlobService/Put` would store
+/// the part that had arrived as if it were the whole blob. With this layer
+/// such a stream ends in `ABORTED`, and the handler stores nothing of it.
+#[derive(Clone, Copy)]
+pub struct ResetIsNotEndLayer;
+
+impl<S> tower::Layer<S> for ResetIsNotEndLayer {
+    type Service = ResetIsNotEnd<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ResetIsNotEnd { inner }
+    }
+}
+
+/// See [`ResetIsNotEndLayer`].
+#[derive(Clone)]
+pub struct ResetIsNotEnd<S> {
+    inner: S,
+}
+
+/// The status a reset request stream reads as.
+fn reset_is_not_end(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::Cancelled {
+        tonic::Status::aborted("the client reset the request stream before ending it")
+    } else {
+        status
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for ResetIsNotEnd<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use http_body_util::BodyExt;
+        self.inner
+            .call(req.map(|body| tonic::body::Body::new(body.map_err(reset_is_not_end))))
+    }
+}
+
 /// HTTP/2 flow-control windows. The default 64 KiB lets a blob move one
 /// window per round trip: 40 MB/s over loopback on a 540 MB tree, against
 /// gigabytes per second for the same bytes on disk.
@@ -232,6 +284,7 @@ pub async fn serve(
         .max_frame_size(MAX_FRAME)
         .layer(LogCallsLayer)
         .layer(RenamePackageLayer::snix_to_tvix())
+        .layer(ResetIsNotEndLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
