@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cairn_castore::blobservice::{
     put_bytes, read_to_vec, BlobService, Compression, ObjectsBlobService,
 };
+use cairn_castore::gc::KeepYoung;
 use cairn_castore::B3Digest;
 use cairn_testkit::pseudo_random_bytes;
 
@@ -100,7 +101,7 @@ async fn bytes_a_killed_writer_left_in_a_pack_are_harmless() {
     let live: HashSet<B3Digest> = [d_first, d_second].into();
     let before = packs_bytes(&root);
     blobs
-        .collect_garbage(&live, Duration::ZERO, false)
+        .collect_garbage(&live, KeepYoung::NOTHING, false)
         .await
         .unwrap();
     let after = packs_bytes(&root);
@@ -136,19 +137,23 @@ async fn garbage_collection_shrinks_packs_and_keeps_what_is_live() {
     let before = packs_bytes(&root);
 
     let dry = blobs
-        .collect_garbage(&live, Duration::ZERO, true)
+        .collect_garbage(&live, KeepYoung::NOTHING, true)
         .await
         .unwrap();
     assert_eq!(dry.deleted, 19, "{dry:?}");
     assert_eq!(packs_bytes(&root), before, "a dry run changed the packs");
     let young = blobs
-        .collect_garbage(&live, Duration::from_secs(3600), false)
+        .collect_garbage(
+            &live,
+            KeepYoung::within(Duration::from_secs(3600), SystemTime::now()),
+            false,
+        )
         .await
         .unwrap();
     assert_eq!((young.deleted, young.young), (0, 19), "{young:?}");
 
     let report = blobs
-        .collect_garbage(&live, Duration::ZERO, false)
+        .collect_garbage(&live, KeepYoung::NOTHING, false)
         .await
         .unwrap();
     assert_eq!(report.deleted, 19, "{report:?}");

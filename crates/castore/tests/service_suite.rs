@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
 use cairn_castore::blobservice::{put_bytes, read_to_vec, FileIngestError};
 use cairn_castore::directoryservice::put_closure;
+use cairn_castore::gc::KeepYoung;
 use cairn_castore::{
     B3Digest, BlobService, Directory, DirectoryService, Error, Node, PathComponent, SymlinkTarget,
 };
@@ -364,14 +365,14 @@ async fn garbage_collection_keeps_live_blobs_and_their_chunks(b: Backend) {
     // A long grace period spares everything just written.
     let spared = b
         .blobs
-        .collect_garbage(&live, std::time::Duration::from_secs(3600), false)
+        .collect_garbage(&live, hour_of_grace(), false)
         .await
         .unwrap();
     assert_eq!(spared.deleted, 0);
     assert!(spared.young >= 2, "{spared:?}");
     let dry = b
         .blobs
-        .collect_garbage(&live, std::time::Duration::ZERO, true)
+        .collect_garbage(&live, KeepYoung::NOTHING, true)
         .await
         .unwrap();
     assert!(dry.deleted >= 2, "{dry:?}");
@@ -382,7 +383,7 @@ async fn garbage_collection_keeps_live_blobs_and_their_chunks(b: Backend) {
 
     let done = b
         .blobs
-        .collect_garbage(&live, std::time::Duration::ZERO, false)
+        .collect_garbage(&live, KeepYoung::NOTHING, false)
         .await
         .unwrap();
     assert_eq!(done.deleted, dry.deleted);
@@ -401,6 +402,14 @@ async fn garbage_collection_keeps_live_blobs_and_their_chunks(b: Backend) {
     }
 }
 
+/// What a collection starting now with an hour of grace keeps young.
+fn hour_of_grace() -> KeepYoung {
+    KeepYoung::within(
+        std::time::Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )
+}
+
 async fn directory_garbage_collection(b: Backend) {
     let rule = b.dirs.size_rule();
     let dirs = closure(rule);
@@ -411,7 +420,7 @@ async fn directory_garbage_collection(b: Backend) {
     let live: std::collections::HashSet<B3Digest> = dirs.iter().map(Directory::digest).collect();
     // Just put: unreachable, but it may be an import whose PathInfo has
     // not landed yet, so an hour's grace keeps it.
-    let hour = std::time::Duration::from_secs(3600);
+    let hour = hour_of_grace();
     // Everything was just put: all of it is young (the GC's roots to keep).
     let written: std::collections::HashSet<B3Digest> = b
         .dirs
@@ -423,14 +432,14 @@ async fn directory_garbage_collection(b: Backend) {
     assert!(written.contains(&other_digest) && live.iter().all(|d| written.contains(d)));
     assert!(b
         .dirs
-        .written_within(std::time::Duration::ZERO)
+        .written_within(KeepYoung::NOTHING)
         .await
         .unwrap()
         .is_empty());
     let young = b.dirs.collect_garbage(&live, hour, false).await.unwrap();
     assert_eq!((young.live, young.young, young.deleted), (3, 1, 0));
     assert!(b.dirs.get(&other_digest).await.unwrap().is_some());
-    let zero = std::time::Duration::ZERO;
+    let zero = KeepYoung::NOTHING;
     let dry = b.dirs.collect_garbage(&live, zero, true).await.unwrap();
     assert_eq!((dry.live, dry.deleted), (3, 1));
     assert!(b.dirs.get(&other_digest).await.unwrap().is_some());

@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use cairn_castore::blobservice::chunked::{start_now, ChunkSource, ChunkedReader};
 use cairn_castore::blobservice::chunker::{self, ChunkSizes};
 use cairn_castore::blobservice::VerifyReport;
-use cairn_castore::gc::GcReport;
+use cairn_castore::gc::{GcReport, KeepYoung};
 use cairn_castore::{B3Digest, BlobReader, BlobService, BlobWriter, ChunkMeta, Error};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -108,14 +108,14 @@ pub(crate) struct Spared {
 /// it deletes, and meanwhile another front end may have rewritten an old
 /// object to refer to it (uploads refresh objects older than
 /// [`REFRESH_AFTER`]). So each object's age is asked again right before
-/// its delete, and one written after `cutoff` (the collection's start
-/// less its grace period: a fixed instant, so a long collection does not
+/// its delete, and one `keep` now keeps for its age (the same fixed
+/// instant the listing was judged by, so a long collection does not
 /// shrink the protection) is spared. What is left is the moment between
 /// that question and the delete, not the whole run.
 pub(crate) async fn delete_unless_refreshed(
     store: &Arc<dyn ObjectStore>,
     doomed: Vec<(Path, u64)>,
-    cutoff: Written,
+    keep: KeepYoung,
     window: usize,
 ) -> Result<Spared, Error> {
     futures::stream::iter(doomed)
@@ -123,7 +123,7 @@ pub(crate) async fn delete_unless_refreshed(
             let store = store.clone();
             async move {
                 match store.head(&key).await {
-                    Ok(meta) if meta.last_modified > cutoff => Ok(Some(size)),
+                    Ok(meta) if keep.keeps(meta.last_modified.into()) => Ok(Some(size)),
                     Ok(_) => delete(store.as_ref(), &key).await.map(|()| None),
                     // Gone already (another collection): nothing to do.
                     Err(e) if is_not_found(&e) => Ok(None),
@@ -345,20 +345,6 @@ impl ObjectBlobService {
 /// When an object was last written, by the bucket's clock.
 pub(crate) type Written = chrono::DateTime<chrono::Utc>;
 
-/// The instant after which a write makes an object too young to collect:
-/// now less `grace`, taken once per collection so that a long listing
-/// does not shrink the protection. A grace of zero spares nothing, not
-/// even an object whose bucket clock runs ahead of this host's.
-pub(crate) fn cutoff_for(grace: Duration) -> Written {
-    if grace.is_zero() {
-        return Written::MAX_UTC;
-    }
-    chrono::TimeDelta::from_std(grace)
-        .ok()
-        .and_then(|g| chrono::Utc::now().checked_sub_signed(g))
-        .unwrap_or(Written::MIN_UTC)
-}
-
 /// How long ago `t` was (zero if in the future: clocks differ).
 pub(crate) fn chrono_age(t: chrono::DateTime<chrono::Utc>) -> Duration {
     (chrono::Utc::now() - t).to_std().unwrap_or_default()
@@ -513,10 +499,9 @@ impl BlobService for ObjectBlobService {
     async fn collect_garbage(
         &self,
         live: &HashSet<B3Digest>,
-        grace: Duration,
+        keep: KeepYoung,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
-        let cutoff = cutoff_for(grace);
         let lists = self.objects(LISTS).await?;
         let chunks = self.objects(CHUNKS).await?;
         // Live chunks: live blobs of one chunk, and the chunks of live
@@ -544,7 +529,7 @@ impl BlobService for ObjectBlobService {
             for (key, digest, size, written) in objects {
                 if is_live(&digest) {
                     report.live += 1;
-                } else if written > cutoff {
+                } else if keep.keeps(written.into()) {
                     report.young += 1;
                 } else {
                     report.deleted += 1;
@@ -560,11 +545,10 @@ impl BlobService for ObjectBlobService {
             // Lists first, all of them: a blob disappears before any of
             // its chunks. Within each kind, many deletes at once.
             let lists =
-                delete_unless_refreshed(&self.store, doomed_lists, cutoff, DELETES_IN_FLIGHT)
-                    .await?;
+                delete_unless_refreshed(&self.store, doomed_lists, keep, DELETES_IN_FLIGHT).await?;
             account_spared(&mut report, lists);
             let chunks =
-                delete_unless_refreshed(&self.store, doomed_chunks, cutoff, DELETES_IN_FLIGHT)
+                delete_unless_refreshed(&self.store, doomed_chunks, keep, DELETES_IN_FLIGHT)
                     .await?;
             account_spared(&mut report, chunks);
         }
@@ -754,8 +738,8 @@ mod tests {
             .unwrap();
 
         let doomed = keys.iter().map(|k| (k.clone(), 5)).collect();
-        let cutoff = cutoff_for(Duration::from_secs(3600));
-        let spared = delete_unless_refreshed(&store, doomed, cutoff, 4)
+        let keep = KeepYoung::within(Duration::from_secs(3600), SystemTime::now());
+        let spared = delete_unless_refreshed(&store, doomed, keep, 4)
             .await
             .unwrap();
 
@@ -771,20 +755,16 @@ mod tests {
         assert!(exists(store.as_ref(), &keys[2]).await.unwrap());
 
         // With no grace at all, even an object written a moment ago goes.
-        let spared = delete_unless_refreshed(
-            &store,
-            vec![(keys[2].clone(), 5)],
-            cutoff_for(Duration::ZERO),
-            4,
-        )
-        .await
-        .unwrap();
+        let spared =
+            delete_unless_refreshed(&store, vec![(keys[2].clone(), 5)], KeepYoung::NOTHING, 4)
+                .await
+                .unwrap();
         assert_eq!(spared, Spared::default());
         assert!(!exists(store.as_ref(), &keys[2]).await.unwrap());
 
         // A key some other collection deleted first is no error.
         let again = vec![(keys[0].clone(), 5)];
-        let spared = delete_unless_refreshed(&store, again, cutoff, 4)
+        let spared = delete_unless_refreshed(&store, again, keep, 4)
             .await
             .unwrap();
         assert_eq!(spared, Spared::default());

@@ -10,13 +10,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cairn_castore::blobservice::VerifyReport;
 use cairn_castore::directoryservice::ClosureValidator;
-use cairn_castore::gc::GcReport;
+use cairn_castore::gc::{GcReport, KeepYoung};
 use cairn_castore::{B3Digest, Directory, DirectoryPutter, DirectoryService, Error, SizeRule};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -24,9 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::OnceCell;
 
-use crate::blobs::{
-    account_spared, cutoff_for, delete_unless_refreshed, get_opt, storage, Written,
-};
+use crate::blobs::{account_spared, delete_unless_refreshed, get_opt, storage, Written};
 use crate::layout::{Layout, DIRECTORIES};
 
 /// Requests one closure fetch or upload keeps in flight.
@@ -192,13 +189,12 @@ impl DirectoryService for ObjectDirectoryService {
     async fn collect_garbage(
         &self,
         live: &HashSet<B3Digest>,
-        grace: Duration,
+        keep: KeepYoung,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
         // Other front ends may be importing into the bucket right now: a
         // closure they put is unreachable until their PathInfo lands, and
         // every put rewrites the object, so its age is since the last one.
-        let cutoff = cutoff_for(grace);
         let mut report = GcReport::default();
         let mut doomed = Vec::new();
         for (key, digest, size, written) in self.keys().await? {
@@ -206,7 +202,7 @@ impl DirectoryService for ObjectDirectoryService {
                 report.live += 1;
                 continue;
             }
-            if written > cutoff {
+            if keep.keeps(written.into()) {
                 report.young += 1;
                 continue;
             }
@@ -216,19 +212,18 @@ impl DirectoryService for ObjectDirectoryService {
         }
         if !dry_run {
             // In any order: no live directory refers to a doomed one.
-            let spared = delete_unless_refreshed(&self.store, doomed, cutoff, WINDOW).await?;
+            let spared = delete_unless_refreshed(&self.store, doomed, keep, WINDOW).await?;
             account_spared(&mut report, spared);
         }
         Ok(report)
     }
 
-    async fn written_within(&self, grace: Duration) -> Result<Vec<B3Digest>, Error> {
-        let cutoff = cutoff_for(grace);
+    async fn written_within(&self, keep: KeepYoung) -> Result<Vec<B3Digest>, Error> {
         Ok(self
             .keys()
             .await?
             .into_iter()
-            .filter(|(_, _, _, written)| *written > cutoff)
+            .filter(|(_, _, _, written)| keep.keeps((*written).into()))
             .map(|(_, digest, _, _)| digest)
             .collect())
     }

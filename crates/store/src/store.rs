@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_castore::gc::GcReport;
+use cairn_castore::gc::{GcReport, KeepYoung};
 use cairn_castore::import::{ImportError, Progress};
 use cairn_castore::{B3Digest, BlobService, DirectoryService, Node};
 use cairn_nix::hash::{ContentAddress, FileIngestionMethod, NixHash};
@@ -454,15 +454,7 @@ impl Store {
         // however long the marking below takes: an import whose PathInfo
         // lands after the listing is protected for `grace` from its
         // writes, not from whenever a backend gets round to deleting.
-        let started = std::time::Instant::now();
-        // Zero stays zero: no grace at all, whatever backends round to.
-        let grace_now = || {
-            if grace.is_zero() {
-                grace
-            } else {
-                grace.saturating_add(started.elapsed())
-            }
-        };
+        let keep = KeepYoung::within(grace, std::time::SystemTime::now());
         let mut live_dirs: HashSet<B3Digest> = HashSet::new();
         let mut live_blobs: HashSet<B3Digest> = HashSet::new();
         let mut summary = GcSummary::default();
@@ -502,7 +494,7 @@ impl Store {
         // not write again: an old blob, or a subtree `cairn copy` saw was
         // there).
         let mut kept_young: HashSet<B3Digest> = HashSet::new();
-        for root in self.dirs.written_within(grace_now()).await? {
+        for root in self.dirs.written_within(keep).await? {
             if live_dirs.contains(&root) || kept_young.contains(&root) {
                 continue;
             }
@@ -523,17 +515,14 @@ impl Store {
         }
         live_dirs.extend(kept_young.iter().copied());
         // Directories first: no directory ever refers to a deleted blob.
-        summary.directories = self
-            .dirs
-            .collect_garbage(&live_dirs, grace_now(), dry_run)
-            .await?;
+        summary.directories = self.dirs.collect_garbage(&live_dirs, keep, dry_run).await?;
         // Reported as what they are: unreachable, kept for their age.
         let kept = kept_young.len() as u64;
         summary.directories.live = summary.directories.live.saturating_sub(kept);
         summary.directories.young += kept;
         summary.blobs = self
             .blobs
-            .collect_garbage(&live_blobs, grace_now(), dry_run)
+            .collect_garbage(&live_blobs, keep, dry_run)
             .await?;
         Ok(summary)
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_castore::blobservice::{put_bytes, read_to_vec};
+use cairn_castore::gc::KeepYoung;
 use cairn_castore::{Directory, Node, PathComponent};
 use cairn_store::Store;
 
@@ -113,8 +114,14 @@ async fn a_copy_dates_again_the_old_tree_it_finds_so_a_collection_spares_it() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let grace = Duration::from_secs(3);
-    assert!(!to.dirs.written_within(grace).await.unwrap().contains(&root));
+    // What a collection starting now with 3 s of grace keeps young.
+    let young = || KeepYoung::within(Duration::from_secs(3), std::time::SystemTime::now());
+    assert!(!to
+        .dirs
+        .written_within(young())
+        .await
+        .unwrap()
+        .contains(&root));
 
     // The copy finds the whole tree there. A collection running before
     // its PathInfo lands must still spare the tree: the copy has dated
@@ -129,7 +136,11 @@ async fn a_copy_dates_again_the_old_tree_it_finds_so_a_collection_spares_it() {
     .await
     .unwrap();
     assert!(
-        to.dirs.written_within(grace).await.unwrap().contains(&root),
+        to.dirs
+            .written_within(young())
+            .await
+            .unwrap()
+            .contains(&root),
         "the copy relied on an old tree without dating it again"
     );
 }

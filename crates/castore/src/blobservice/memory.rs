@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use crate::{B3Digest, Error};
 /// A blob and when it was last written, for garbage collection's grace.
 struct Stored {
     data: Bytes,
-    written: Instant,
+    written: SystemTime,
 }
 
 /// Blobs held in memory, whole (no chunking).
@@ -64,7 +64,7 @@ impl BlobService for MemoryBlobService {
     async fn collect_garbage(
         &self,
         live: &std::collections::HashSet<B3Digest>,
-        grace: std::time::Duration,
+        keep: crate::gc::KeepYoung,
         dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         let mut map = self
@@ -77,7 +77,7 @@ impl BlobService for MemoryBlobService {
                 report.live += 1;
                 return true;
             }
-            if stored.written.elapsed() < grace {
+            if keep.keeps(stored.written) {
                 report.young += 1;
                 return true;
             }
@@ -124,7 +124,7 @@ impl BlobWriter for MemoryBlobWriter {
         let mut map = blobs
             .write()
             .map_err(|_| Error::Storage("memory blob map poisoned".into()))?;
-        let now = Instant::now();
+        let now = SystemTime::now();
         map.entry(digest)
             .and_modify(|s| s.written = now)
             .or_insert_with(|| Stored {

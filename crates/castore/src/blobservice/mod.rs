@@ -178,14 +178,15 @@ pub trait BlobService: Send + Sync {
         Ok(())
     }
     /// Deletes stored blobs that are not in `live`, and chunks that no
-    /// live blob uses, unless written (or reused) less than `grace` ago, so
-    /// that a concurrent writer's new objects survive. With `dry_run`,
+    /// live blob uses, unless `keep` keeps them for their age (written or
+    /// reused since its instant), so that a concurrent writer's new
+    /// objects survive. With `dry_run`,
     /// only reports what it would delete. Backends that cannot enumerate
     /// their objects say so with an error.
     async fn collect_garbage(
         &self,
         _live: &std::collections::HashSet<B3Digest>,
-        _grace: std::time::Duration,
+        _keep: crate::gc::KeepYoung,
         _dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         Err(Error::Storage(

@@ -33,7 +33,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,7 +43,7 @@ use super::chunked::{start_blocking_now, ChunkSource, ChunkedReader};
 use super::chunker;
 use super::ingest::{fill, has_more, FileIngestError, READ_PIECE};
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
-use crate::gc::GcReport;
+use crate::gc::{GcReport, KeepYoung};
 use crate::util::blocking;
 use crate::{B3Digest, Error};
 
@@ -849,15 +849,14 @@ impl Inner {
     fn collect_garbage(
         &self,
         live: &HashSet<B3Digest>,
-        grace: Duration,
+        keep: KeepYoung,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
         // No writer of this process runs until the sweep and compaction
         // are done (other processes are kept out by the index's lock).
         let _alone = self.writing.write().unwrap_or_else(|p| p.into_inner());
         self.flush()?;
-        let now = unix_now();
-        let young = |t: u64| now.saturating_sub(t) < grace.as_secs();
+        let young = |t: u64| keep.keeps_unix_secs(t);
         let mut report = GcReport::default();
         let mut needed: HashSet<B3Digest> = HashSet::new();
         let mut doomed_lists = Vec::new();
@@ -1083,12 +1082,12 @@ impl BlobService for ObjectsBlobService {
     async fn collect_garbage(
         &self,
         live: &HashSet<B3Digest>,
-        grace: Duration,
+        keep: KeepYoung,
         dry_run: bool,
     ) -> Result<GcReport, Error> {
         let inner = self.inner.clone();
         let live = live.clone();
-        blocking(move || inner.collect_garbage(&live, grace, dry_run)).await
+        blocking(move || inner.collect_garbage(&live, keep, dry_run)).await
     }
 
     async fn verify_all(&self) -> Result<super::VerifyReport, Error> {

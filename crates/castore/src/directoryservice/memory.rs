@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
@@ -10,7 +10,7 @@ use super::{ClosureValidator, DirectoryPutter, DirectoryService};
 use crate::{B3Digest, Directory, Error, SizeRule};
 
 /// Each directory with when it was last put (for the GC's grace period).
-type Map = Arc<RwLock<HashMap<B3Digest, (Directory, Instant)>>>;
+type Map = Arc<RwLock<HashMap<B3Digest, (Directory, SystemTime)>>>;
 
 /// Directories held in memory.
 #[derive(Clone, Default)]
@@ -58,7 +58,7 @@ impl DirectoryService for MemoryDirectoryService {
     async fn collect_garbage(
         &self,
         live: &std::collections::HashSet<B3Digest>,
-        grace: std::time::Duration,
+        keep: crate::gc::KeepYoung,
         dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         let mut map = self.dirs.write().map_err(|_| poisoned())?;
@@ -68,7 +68,7 @@ impl DirectoryService for MemoryDirectoryService {
                 report.live += 1;
                 return true;
             }
-            if written.elapsed() < grace {
+            if keep.keeps(*written) {
                 report.young += 1;
                 return true;
             }
@@ -79,11 +79,11 @@ impl DirectoryService for MemoryDirectoryService {
         Ok(report)
     }
 
-    async fn written_within(&self, grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
+    async fn written_within(&self, keep: crate::gc::KeepYoung) -> Result<Vec<B3Digest>, Error> {
         let map = self.dirs.read().map_err(|_| poisoned())?;
         Ok(map
             .iter()
-            .filter(|(_, (_, written))| written.elapsed() < grace)
+            .filter(|(_, (_, written))| keep.keeps(*written))
             .map(|(d, _)| *d)
             .collect())
     }
@@ -111,7 +111,7 @@ impl DirectoryPutter for MemoryPutter {
     async fn close(self: Box<Self>) -> Result<B3Digest, Error> {
         let (root, dirs) = self.validator.finish()?;
         let mut map = self.dirs.write().map_err(|_| poisoned())?;
-        let now = Instant::now();
+        let now = SystemTime::now();
         map.extend(dirs.into_iter().map(|(d, dir)| (d, (dir, now))));
         Ok(root)
     }

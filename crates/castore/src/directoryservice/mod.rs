@@ -39,14 +39,14 @@ pub trait DirectoryService: Send + Sync {
     fn size_rule(&self) -> SizeRule;
 
     /// Deletes every stored directory not in `live` (which the caller must
-    /// have made closed under "child of") and not written in the last
-    /// `grace`: a closure put by an import whose PathInfo has not landed
-    /// yet is unreachable but must survive. A put of a directory already
-    /// stored counts as writing it again. With `dry_run`, only reports.
+    /// have made closed under "child of") and not kept young by `keep`: a
+    /// closure put by an import whose PathInfo has not landed yet is
+    /// unreachable but must survive. A put of a directory already stored
+    /// counts as writing it again. With `dry_run`, only reports.
     async fn collect_garbage(
         &self,
         _live: &HashSet<B3Digest>,
-        _grace: std::time::Duration,
+        _keep: crate::gc::KeepYoung,
         _dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         Err(Error::Storage(
@@ -54,11 +54,11 @@ pub trait DirectoryService: Send + Sync {
         ))
     }
 
-    /// The directories put less than `grace` ago (a put of one already
-    /// stored counts): the roots a garbage collection must keep alive
-    /// with everything they reach, since an import in progress may be
-    /// about to name them in a PathInfo.
-    async fn written_within(&self, _grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
+    /// The directories `keep` keeps for their age (a put of one already
+    /// stored counts as writing it): the roots a garbage collection must
+    /// keep alive with everything they reach, since an import in progress
+    /// may be about to name them in a PathInfo.
+    async fn written_within(&self, _keep: crate::gc::KeepYoung) -> Result<Vec<B3Digest>, Error> {
         Err(Error::Storage(
             "this directory service cannot collect garbage".into(),
         ))

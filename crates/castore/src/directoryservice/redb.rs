@@ -213,13 +213,11 @@ impl DirectoryService for RedbDirectoryService {
     async fn collect_garbage(
         &self,
         live: &std::collections::HashSet<B3Digest>,
-        grace: std::time::Duration,
+        keep: crate::gc::KeepYoung,
         dry_run: bool,
     ) -> Result<crate::gc::GcReport, Error> {
         let db = self.db.clone();
         let live = live.clone();
-        // Written at or after this second: too young to collect.
-        let young_from = unix_now().saturating_sub(grace.as_secs());
         blocking(move || {
             // One write transaction: the sweep is all or nothing.
             let txn = db.begin_write().map_err(db_err)?;
@@ -234,7 +232,7 @@ impl DirectoryService for RedbDirectoryService {
                     let when = written.get(k.value()).map_err(db_err)?.map(|t| t.value());
                     if is_live {
                         report.live += 1;
-                    } else if !grace.is_zero() && when.is_some_and(|t| t >= young_from) {
+                    } else if when.is_some_and(|t| keep.keeps_unix_secs(t)) {
                         report.young += 1;
                     } else {
                         report.deleted += 1;
@@ -259,19 +257,18 @@ impl DirectoryService for RedbDirectoryService {
         .await
     }
 
-    async fn written_within(&self, grace: std::time::Duration) -> Result<Vec<B3Digest>, Error> {
-        if grace.is_zero() {
+    async fn written_within(&self, keep: crate::gc::KeepYoung) -> Result<Vec<B3Digest>, Error> {
+        if keep == crate::gc::KeepYoung::NOTHING {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
-        let young_from = unix_now().saturating_sub(grace.as_secs());
         blocking(move || {
             let txn = db.begin_read().map_err(db_err)?;
             let written = txn.open_table(WRITTEN).map_err(db_err)?;
             let mut out = Vec::new();
             for row in written.iter().map_err(db_err)? {
                 let (k, t) = row.map_err(db_err)?;
-                if t.value() >= young_from {
+                if keep.keeps_unix_secs(t.value()) {
                     if let Ok(d) = B3Digest::try_from(k.value()) {
                         out.push(d);
                     }
