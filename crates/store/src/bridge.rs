@@ -22,8 +22,12 @@ const QUEUE: usize = 8;
 type Piece = io::Result<Bytes>;
 
 /// A `std::io::Write` that sends what it is given down a channel, in
-/// pieces of [`PIECE`] bytes. Writing fails with `BrokenPipe` once the
-/// receiving side is gone.
+/// pieces of about [`PIECE`] bytes. A write that would overflow the piece
+/// being filled starts the next one instead of growing this one: growing
+/// a `Vec` reallocates and copies what it holds (most of a piece, every
+/// piece), and a write kept whole keeps a small file's contents within
+/// one piece, where the ingest takes them without a copy. Writing fails
+/// with `BrokenPipe` once the receiving side is gone.
 pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<Piece>,
     buf: Vec<u8>,
@@ -40,6 +44,9 @@ impl ChannelWriter {
 
 impl io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.buf.is_empty() && self.buf.len() + data.len() > self.buf.capacity() {
+            self.flush()?;
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= PIECE {
             self.flush()?;
@@ -185,5 +192,68 @@ impl NarSink for ThreadWriterSink {
             self.send(full).await.map_err(RenderError::Output)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Writes of a NAR dump's sizes (framing, small files, 64 KiB copies,
+    /// and one larger than a piece) arrive in order and whole: each lies
+    /// within one piece, and only a write larger than a piece makes one.
+    #[test]
+    fn writes_arrive_whole_and_in_order() {
+        let sizes = [
+            100,
+            40_000,
+            65_536,
+            65_536,
+            7,
+            90_000,
+            65_536,
+            PIECE + 3,
+            1,
+            200_000,
+            65_536,
+        ];
+        let (tx, mut rx) = mpsc::channel::<Piece>(64);
+        let mut writer = ChannelWriter::new(tx);
+        let mut expected = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+            writer.write_all(&data).unwrap();
+            expected.extend_from_slice(&data);
+        }
+        writer.flush().unwrap();
+        drop(writer);
+        let mut pieces = Vec::new();
+        while let Ok(piece) = rx.try_recv() {
+            pieces.push(piece.unwrap());
+        }
+        assert_eq!(pieces.concat(), expected);
+        // Each write within one piece: its start and end fall in the same.
+        let ends: Vec<usize> = pieces
+            .iter()
+            .scan(0, |at, p| {
+                *at += p.len();
+                Some(*at)
+            })
+            .collect();
+        let mut at = 0;
+        for &n in &sizes {
+            let piece_of = |offset: usize| ends.iter().position(|&e| offset < e);
+            assert_eq!(
+                piece_of(at),
+                piece_of(at + n - 1),
+                "a write of {n} was split"
+            );
+            at += n;
+        }
+        for p in &pieces {
+            assert!(p.len() <= PIECE + 3, "a piece of {} bytes", p.len());
+        }
     }
 }
