@@ -30,6 +30,10 @@ use crate::{B3Digest, Error};
 /// the current chunk (chunks are at most 1 MiB).
 pub const AHEAD: usize = 2;
 
+/// Chunks a sequential reader names to its source beyond those it loads
+/// ([`ChunkSource::will_need`]), renewed when half of them are read.
+pub const HINT_AHEAD: usize = 16;
+
 /// Where a [`ChunkedReader`] gets its chunks.
 pub trait ChunkSource: Send + Sync + 'static {
     /// Loads one chunk, verified against its digest. The work must start
@@ -37,6 +41,11 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// reader calls it for the chunks ahead and polls them only when it
     /// gets there ([`start_now`] and [`start_blocking_now`] do that).
     fn load(&self, chunk: ChunkMeta) -> BoxFuture<'static, Result<Bytes, Error>>;
+    /// A hint, never an obligation: a sequential reader will load these
+    /// chunks soon, in this order. A source on local files can have the
+    /// kernel start reading them in large requests now, rather than one
+    /// chunk-sized read at a time when each is loaded. Must not block.
+    fn will_need(&self, _upcoming: &[ChunkMeta]) {}
     /// The error for a list whose chunks hash, together, to `actual`
     /// instead of the blob's `digest` (naming where the list came from).
     fn wrong_list(&self, digest: B3Digest, actual: B3Digest) -> Error {
@@ -116,6 +125,8 @@ pub struct ChunkedReader<S> {
     current: Option<(usize, Bytes)>,
     loading: Option<Load>,
     ahead: VecDeque<Load>,
+    /// Chunks before this index have been named to the source as needed.
+    hinted_upto: usize,
     whole: Option<blake3::Hasher>,
     whole_upto: u64,
 }
@@ -143,6 +154,7 @@ impl<S: ChunkSource> ChunkedReader<S> {
             current: None,
             loading: None,
             ahead: VecDeque::new(),
+            hinted_upto: 0,
             whole: Some(blake3::Hasher::new()),
             whole_upto: 0,
         }
@@ -179,6 +191,21 @@ impl<S: ChunkSource> ChunkedReader<S> {
         self.ahead = wanted;
     }
 
+    /// Names the chunks a sequential reader at chunk `idx` will want next
+    /// (from it to [`HINT_AHEAD`] past the loads ahead), once half of the
+    /// last batch named is used up.
+    fn hint_from(&mut self, idx: usize) {
+        if self.hinted_upto > idx + AHEAD + HINT_AHEAD / 2 {
+            return;
+        }
+        let from = self.hinted_upto.max(idx);
+        let to = (idx + 1 + AHEAD + HINT_AHEAD).min(self.chunks.len());
+        if from < to {
+            self.source.will_need(&self.chunks[from..to]);
+            self.hinted_upto = to;
+        }
+    }
+
     fn chunk_index(&self, pos: u64) -> usize {
         self.starts.partition_point(|&s| s <= pos).saturating_sub(1)
     }
@@ -206,6 +233,9 @@ impl<S: ChunkSource> AsyncRead for ChunkedReader<S> {
                 return Poll::Ready(Ok(()));
             }
             let idx = this.chunk_index(this.pos);
+            if sequential {
+                this.hint_from(idx);
+            }
             if let Some((i, data)) = &this.current {
                 if *i == idx {
                     let off = (this.pos - this.starts[idx]) as usize;
@@ -354,10 +384,12 @@ mod tests {
         assert_eq!(buf, b"first chunk second");
     }
 
-    /// Chunks from memory, recording which loads actually ran.
+    /// Chunks from memory, recording which loads actually ran and which
+    /// chunks were named as needed soon.
     struct Recording {
         chunks: Vec<Bytes>,
         ran: Arc<std::sync::Mutex<Vec<usize>>>,
+        hinted: Arc<std::sync::Mutex<Vec<usize>>>,
         notify: Arc<tokio::sync::Notify>,
     }
 
@@ -380,26 +412,58 @@ mod tests {
                 })
             })
         }
+
+        fn will_need(&self, upcoming: &[ChunkMeta]) {
+            let mut hinted = self.hinted.lock().unwrap();
+            for c in upcoming {
+                if let Some(i) = self
+                    .chunks
+                    .iter()
+                    .position(|d| B3Digest::from(blake3::hash(d)) == c.digest)
+                {
+                    hinted.push(i);
+                }
+            }
+        }
     }
 
-    fn recording(
-        n: usize,
-    ) -> (
-        ChunkedReader<Recording>,
-        Arc<std::sync::Mutex<Vec<usize>>>,
-        Arc<tokio::sync::Notify>,
-    ) {
+    type Log = Arc<std::sync::Mutex<Vec<usize>>>;
+
+    fn recording(n: usize) -> (ChunkedReader<Recording>, Log, Arc<tokio::sync::Notify>) {
+        let (reader, ran, _, notify) = recording_hints(n);
+        (reader, ran, notify)
+    }
+
+    fn recording_hints(n: usize) -> (ChunkedReader<Recording>, Log, Log, Arc<tokio::sync::Notify>) {
         let chunks: Vec<Bytes> = (0..n).map(|i| Bytes::from(vec![i as u8; 100])).collect();
         let metas = metas_of(&chunks);
         let whole = B3Digest::from(blake3::hash(&chunks.concat()));
         let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hinted = Arc::new(std::sync::Mutex::new(Vec::new()));
         let notify = Arc::new(tokio::sync::Notify::new());
         let source = Recording {
             chunks,
             ran: ran.clone(),
+            hinted: hinted.clone(),
             notify: notify.clone(),
         };
-        (ChunkedReader::new(source, whole, metas), ran, notify)
+        let reader = ChunkedReader::new(source, whole, metas);
+        (reader, ran, hinted, notify)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_names_each_chunk_once_before_it_gets_there() {
+        let (mut reader, _, hinted, _) = recording_hints(60);
+        let mut buf = [0u8; 10];
+        reader.read_exact(&mut buf).await.unwrap();
+        // From its first read, the chunks past those it loads ahead.
+        let first: Vec<usize> = (0..1 + AHEAD + HINT_AHEAD).collect();
+        assert_eq!(*hinted.lock().unwrap(), first);
+        // Half-way through that window, the next ones, and so on.
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), 60 * 100 - 10);
+        assert_eq!(*hinted.lock().unwrap(), (0..60).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +494,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_after_a_seek_loads_only_the_chunk_it_touches() {
-        let (mut reader, ran, _) = recording(6);
+        let (mut reader, ran, hinted, _) = recording_hints(6);
         reader.seek(io::SeekFrom::Start(350)).await.unwrap();
         let mut buf = [0u8; 10];
         reader.read_exact(&mut buf).await.unwrap();
@@ -438,5 +502,8 @@ mod tests {
         // Give a wrongly started load ahead time to show up.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(*ran.lock().unwrap(), vec![3]);
+        // Nor is anything named as needed: a random reader may never
+        // come back.
+        assert!(hinted.lock().unwrap().is_empty());
     }
 }

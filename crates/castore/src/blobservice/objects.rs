@@ -681,6 +681,34 @@ impl Inner {
         Ok(f)
     }
 
+    /// Asks the kernel to start reading the records of `digests` now, in
+    /// as few requests as they allow: records written one after another
+    /// (a file's chunks, as an import appends them) make one range. Reads
+    /// from several threads at once, one chunk each, defeat the kernel's
+    /// own read-ahead on a pack, and a cold read then waits on the disk
+    /// chunk by chunk. Failures are ignored: the load reports its own.
+    fn will_need(&self, digests: &[B3Digest]) {
+        let mut ranges: Vec<(u64, u64, u64)> = Vec::new();
+        for d in digests {
+            let Ok(Some(l)) = self.locate(d) else {
+                continue;
+            };
+            let end = l.offset + u64::from(l.len);
+            match ranges.last_mut() {
+                Some((pack, _, last_end)) if *pack == l.pack && *last_end == l.offset => {
+                    *last_end = end;
+                }
+                _ => ranges.push((l.pack, l.offset, end)),
+            }
+        }
+        for (pack, start, end) in ranges {
+            if let Ok(file) = self.pack_reader(pack) {
+                let len = std::num::NonZeroU64::new(end - start);
+                let _ = rustix::fs::fadvise(&*file, start, len, rustix::fs::Advice::WillNeed);
+            }
+        }
+    }
+
     /// A record's bytes as stored (header included).
     fn read_record(&self, digest: &B3Digest, l: &Location) -> Result<Vec<u8>, Error> {
         let file = self.pack_reader(l.pack)?;
@@ -1268,5 +1296,16 @@ impl ChunkSource for PackChunks {
                 digest: chunk.digest,
             })
         })
+    }
+
+    fn will_need(&self, upcoming: &[ChunkMeta]) {
+        // Finding the records may read the index: not on the reader's
+        // task. Outside a runtime there is no one to do it; it is a hint.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.0.clone();
+        let digests: Vec<B3Digest> = upcoming.iter().map(|c| c.digest).collect();
+        drop(rt.spawn_blocking(move || inner.will_need(&digests)));
     }
 }
