@@ -46,11 +46,6 @@ impl KeepYoung {
         }
     }
 
-    /// The instant from which writes are young, if any are.
-    pub fn since(&self) -> Option<SystemTime> {
-        self.since
-    }
-
     /// Whether an object written at `written` is kept for its age.
     pub fn keeps(&self, written: SystemTime) -> bool {
         self.since.is_some_and(|since| written >= since)

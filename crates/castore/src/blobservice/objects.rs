@@ -435,21 +435,41 @@ impl Inner {
     }
 
     fn locate(&self, digest: &B3Digest) -> Result<Option<Location>, Error> {
-        {
+        Ok(self
+            .locate_many(std::slice::from_ref(digest))?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Inner::locate`] for several chunks, with one index transaction.
+    fn locate_many(&self, digests: &[B3Digest]) -> Result<Vec<Option<Location>>, Error> {
+        let mut found: Vec<Option<Location>> = {
             let s = lock(&self.state);
-            if let Some(l) = s.pending.chunks.get(digest) {
-                return Ok(Some(*l));
-            }
-            if let Some(l) = s.committing.as_ref().and_then(|c| c.chunks.get(digest)) {
-                return Ok(Some(*l));
-            }
+            digests
+                .iter()
+                .map(|d| {
+                    s.pending
+                        .chunks
+                        .get(d)
+                        .or_else(|| s.committing.as_ref().and_then(|c| c.chunks.get(d)))
+                        .copied()
+                })
+                .collect()
+        };
+        if found.iter().all(Option::is_some) {
+            return Ok(found);
         }
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
-        Ok(table
-            .get(digest.as_bytes())
-            .map_err(db_err)?
-            .map(|v| Location::from_row(v.value())))
+        for (d, place) in digests.iter().zip(&mut found) {
+            if place.is_none() {
+                *place = table
+                    .get(d.as_bytes())
+                    .map_err(db_err)?
+                    .map(|v| Location::from_row(v.value()));
+            }
+        }
+        Ok(found)
     }
 
     fn read_list(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -688,11 +708,11 @@ impl Inner {
     /// own read-ahead on a pack, and a cold read then waits on the disk
     /// chunk by chunk. Failures are ignored: the load reports its own.
     fn will_need(&self, digests: &[B3Digest]) {
+        let Ok(places) = self.locate_many(digests) else {
+            return;
+        };
         let mut ranges: Vec<(u64, u64, u64)> = Vec::new();
-        for d in digests {
-            let Ok(Some(l)) = self.locate(d) else {
-                continue;
-            };
+        for l in places.into_iter().flatten() {
             let end = l.offset + u64::from(l.len);
             match ranges.last_mut() {
                 Some((pack, _, last_end)) if *pack == l.pack && *last_end == l.offset => {
