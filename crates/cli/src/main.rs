@@ -164,7 +164,57 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Runs this program again, at once, with huge-page heaps switched on,
+/// unless the environment already says either way.
+///
+/// A short-lived Cairn process moves its whole input through fresh
+/// buffers, so much of its memory is touched for the first time: with
+/// 4 KiB pages, faulting it in cost about a tenth of the CPU of an import
+/// through a daemon, on both sides (BENCHMARKS.md, the grpc section).
+/// glibc reads the tunable only when a program starts and offers no call
+/// to set it later, hence the exec, which costs about a millisecond.
+/// Setting `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps 4 KiB pages and
+/// skips the exec. Nothing happens for a setuid start (glibc would drop
+/// the variable, and this would loop) or when the exec fails.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn reexec_with_huge_page_heap() {
+    use std::os::unix::process::CommandExt;
+    // Has malloc ask for transparent huge pages for its heaps
+    // (`madvise(MADV_HUGEPAGE)`; honoured where the kernel's THP mode is
+    // `madvise` or `always`).
+    const THP_HEAP_TUNABLE: &str = "glibc.malloc.hugetlb";
+    let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.to_string_lossy().contains(THP_HEAP_TUNABLE) {
+        return;
+    }
+    // SAFETY: getauxval only reads the auxiliary vector.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        return;
+    }
+    let mut with_thp = tunables;
+    if !with_thp.is_empty() {
+        with_thp.push(":");
+    }
+    with_thp.push(THP_HEAP_TUNABLE);
+    with_thp.push("=1");
+    let mut args = std::env::args_os();
+    let Some(arg0) = args.next() else { return };
+    // /proc/self/exe is this very binary even if its file was replaced
+    // or removed since it started. `exec` returns only on failure, and
+    // then this process simply goes on with 4 KiB pages.
+    let _failed = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", with_thp)
+        .exec();
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reexec_with_huge_page_heap() {}
+
 fn main() -> ExitCode {
+    reexec_with_huge_page_heap();
     tune_allocator();
     let mut cli = Cli::parse();
     // Service flags given before the subcommand reach it as environment

@@ -382,3 +382,67 @@ fn a_foreign_client_finds_and_uses_the_services_by_reflection() {
     assert!(got["nar_size"].as_u64().unwrap() > 0);
     assert!(daemon.stop().success());
 }
+
+/// The glibc tunables a process started with, read from its environment
+/// as the kernel holds it. glibc before 2.39 parses `GLIBC_TUNABLES` in
+/// place, overwriting each `:` with a NUL, so the tunables after the
+/// first appear as entries of their own that begin with `glibc.`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_tunables_of(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut entries = environ
+        .split(|&b| b == 0)
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .skip_while(|entry| !entry.starts_with("GLIBC_TUNABLES="));
+    let Some(first) = entries.next() else {
+        return Vec::new();
+    };
+    std::iter::once(first["GLIBC_TUNABLES=".len()..].to_owned())
+        .chain(entries.take_while(|entry| entry.starts_with("glibc.")))
+        .flat_map(|part| part.split(':').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|tunable| !tunable.is_empty())
+        .collect()
+}
+
+/// A daemon runs with huge-page heaps unless told otherwise, keeping any
+/// other tunables it was given, and an explicit choice either way stands.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_daemon_asks_for_huge_page_heaps_unless_told_otherwise() {
+    let cases: [(Option<&str>, &[&str]); 3] = [
+        (None, &["glibc.malloc.hugetlb=1"]),
+        (
+            Some("glibc.malloc.arena_max=3"),
+            &["glibc.malloc.arena_max=3", "glibc.malloc.hugetlb=1"],
+        ),
+        (Some("glibc.malloc.hugetlb=0"), &["glibc.malloc.hugetlb=0"]),
+    ];
+    for (given, expected) in cases {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut command = cairn();
+        command
+            .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(scratch.path().join("data"));
+        match given {
+            Some(tunables) => command.env("GLIBC_TUNABLES", tunables),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+        let (child, bound) = spawn_announcing(&mut command, "cairn daemon: listening on ").unwrap();
+        let daemon = Daemon {
+            child,
+            addr: format!("grpc+http://{bound}"),
+        };
+        // The pid we started is the one serving (the exec kept it), and it
+        // started with the tunables glibc acts on.
+        assert_eq!(
+            glibc_tunables_of(daemon.child.id()),
+            expected.to_vec(),
+            "given {given:?}"
+        );
+        let tree = scratch.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("hello"), b"hello\n").unwrap();
+        run_ok(daemon.client().arg("import").arg(&tree));
+        assert!(daemon.stop().success());
+    }
+}
