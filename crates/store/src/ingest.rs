@@ -262,6 +262,21 @@ pub async fn ingest_nar_pieces<S>(
 where
     S: Stream<Item = io::Result<Bytes>> + Unpin + Send,
 {
+    ingest_within(pieces, blobs, dirs, progress, IN_FLIGHT_BYTES).await
+}
+
+/// [`ingest_nar_pieces`] holding at most `in_flight_bytes` of file
+/// contents (at least a blob writer's reserve and a piece more).
+async fn ingest_within<S>(
+    pieces: S,
+    blobs: Arc<dyn BlobService>,
+    dirs: &dyn DirectoryService,
+    progress: &dyn Progress,
+    in_flight_bytes: usize,
+) -> Result<IngestedNar, IngestError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Unpin + Send,
+{
     let (to_hasher, hasher) = spawn_hasher();
     let reader = PieceReader {
         pieces,
@@ -270,7 +285,7 @@ where
         ended: false,
     };
     let mut nar = AsyncNarReader::new(reader);
-    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES / PERMIT_BYTES));
+    let budget = Arc::new(Semaphore::new(in_flight_bytes / PERMIT_BYTES));
     let mut tree = TreeBuilder::new("NAR");
     let mut stores: JoinSet<Stored> = JoinSet::new();
     let mut batch = SmallBatch::default();
@@ -293,6 +308,12 @@ where
                 let id = tree.file(&name, size, executable);
                 if size <= PIECE as u64 {
                     let len = size as usize;
+                    // The batch's own permits come back only once it is
+                    // stored: waiting for budget while holding them back
+                    // could wait forever.
+                    if budget.available_permits() < permits_for(len) as usize {
+                        batch.send(&blobs, &mut stores);
+                    }
                     batch.permits.push(take_budget(&budget, len).await?);
                     batch.files.push((id, read_piece(&mut nar, len).await?));
                     batch.bytes += len;
@@ -300,6 +321,10 @@ where
                         batch.send(&blobs, &mut stores);
                     }
                 } else {
+                    let needs = WRITER_RESERVE.max(blobs.writer_buffer()) + PIECE;
+                    if budget.available_permits() < permits_for(needs) as usize {
+                        batch.send(&blobs, &mut stores);
+                    }
                     store_large(&mut nar, id, size, &blobs, &budget, &mut stores).await?;
                 }
                 progress.file_done(size);
@@ -434,4 +459,56 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use cairn_castore::addr::{blob_service_from_addr, directory_service_from_addr};
+    use cairn_castore::import::NoProgress;
+    use cairn_nix::nar::fs::dump_path;
+
+    use super::*;
+
+    /// A budget smaller than what one batch of small files holds: the
+    /// batch must be sent to free its share, or the ingest waits forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_budget_sends_batches_early_instead_of_stalling() {
+        let work = tempfile::tempdir().unwrap();
+        let tree = work.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        // Each small file holds one permit (64 KiB) of the budget until its
+        // batch is stored; 100 of them outnumber a 4 MiB budget's 64.
+        for i in 0..300 {
+            std::fs::write(tree.join(format!("small-{i:03}")), format!("file {i}\n")).unwrap();
+            if i % 100 == 50 {
+                let large = vec![i as u8; 3 * PIECE + 7];
+                std::fs::write(tree.join(format!("large-{i:03}")), large).unwrap();
+            }
+        }
+        let nar = dump_path(&tree, Vec::new()).unwrap();
+        let blobs = blob_service_from_addr("memory://").unwrap();
+        let dirs = directory_service_from_addr("memory://").unwrap();
+        let budget = WRITER_RESERVE + PIECE + 64 * PERMIT_BYTES;
+        let ingest = ingest_within(
+            pieces_of(&nar[..]),
+            blobs.clone(),
+            dirs.as_ref(),
+            &NoProgress,
+            budget,
+        );
+        let ingested = tokio::time::timeout(Duration::from_secs(20), ingest)
+            .await
+            .expect("the ingest stalled on its own budget")
+            .unwrap();
+        assert_eq!(ingested.nar_size, nar.len() as u64);
+        let rendered =
+            crate::render::write_nar(Vec::new(), blobs.as_ref(), dirs.as_ref(), &ingested.node)
+                .await
+                .unwrap();
+        assert!(rendered == nar, "the tree did not render back to its NAR");
+    }
 }
