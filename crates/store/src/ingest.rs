@@ -217,6 +217,21 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const BATCH_FILES: usize = 128;
 
 impl SmallBatch {
+    /// Sends the batch off if the budget cannot cover `bytes` more: its
+    /// permits come back only once it is stored, so waiting for budget
+    /// while holding it back could wait forever.
+    fn make_room(
+        &mut self,
+        budget: &Semaphore,
+        bytes: usize,
+        blobs: &Arc<dyn BlobService>,
+        stores: &mut JoinSet<Stored>,
+    ) {
+        if budget.available_permits() < permits_for(bytes) as usize {
+            self.send(blobs, stores);
+        }
+    }
+
     fn send(&mut self, blobs: &Arc<dyn BlobService>, stores: &mut JoinSet<Stored>) {
         if self.files.is_empty() {
             return;
@@ -308,12 +323,7 @@ where
                 let id = tree.file(&name, size, executable);
                 if size <= PIECE as u64 {
                     let len = size as usize;
-                    // The batch's own permits come back only once it is
-                    // stored: waiting for budget while holding them back
-                    // could wait forever.
-                    if budget.available_permits() < permits_for(len) as usize {
-                        batch.send(&blobs, &mut stores);
-                    }
+                    batch.make_room(&budget, len, &blobs, &mut stores);
                     batch.permits.push(take_budget(&budget, len).await?);
                     batch.files.push((id, read_piece(&mut nar, len).await?));
                     batch.bytes += len;
@@ -321,10 +331,8 @@ where
                         batch.send(&blobs, &mut stores);
                     }
                 } else {
-                    let needs = WRITER_RESERVE.max(blobs.writer_buffer()) + PIECE;
-                    if budget.available_permits() < permits_for(needs) as usize {
-                        batch.send(&blobs, &mut stores);
-                    }
+                    let first_piece = writer_reserve(blobs.as_ref()) + PIECE;
+                    batch.make_room(&budget, first_piece, &blobs, &mut stores);
                     store_large(&mut nar, id, size, &blobs, &budget, &mut stores).await?;
                 }
                 progress.file_done(size);
@@ -368,6 +376,11 @@ fn joined(
 ) -> Result<Vec<(EntryId, B3Digest)>, IngestError> {
     let stored = done.map_err(|e| cairn_castore::Error::Storage(format!("blob task: {e}")))?;
     Ok(stored?)
+}
+
+/// What a large file's writer holds of the budget for its whole life.
+fn writer_reserve(blobs: &dyn BlobService) -> usize {
+    WRITER_RESERVE.max(blobs.writer_buffer())
 }
 
 fn permits_for(bytes: usize) -> u32 {
@@ -419,7 +432,7 @@ where
 {
     // A large file: a writer task fed piece by piece, each piece holding
     // its share of the budget until the writer has taken it.
-    let reserve = take_budget(budget, WRITER_RESERVE.max(blobs.writer_buffer())).await?;
+    let reserve = take_budget(budget, writer_reserve(blobs.as_ref())).await?;
     let (tx, mut rx) = mpsc::channel::<(Bytes, OwnedSemaphorePermit)>(4);
     let task_blobs = blobs.clone();
     stores.spawn(async move {
@@ -481,7 +494,8 @@ mod tests {
         let tree = work.path().join("tree");
         std::fs::create_dir(&tree).unwrap();
         // Each small file holds one permit (64 KiB) of the budget until its
-        // batch is stored; 100 of them outnumber a 4 MiB budget's 64.
+        // batch is stored: a batch of 128 of them outnumbers this budget's
+        // 112 permits (a writer's reserve, a piece, and 64 more).
         for i in 0..300 {
             std::fs::write(tree.join(format!("small-{i:03}")), format!("file {i}\n")).unwrap();
             if i % 100 == 50 {
